@@ -1,0 +1,190 @@
+"""Recipes: YAML files mapped onto dataclasses, with dotted CLI overrides (litgpt-style).
+
+    huginn-db train recipes/demo-db.yaml train.max_steps=50 objective.diffusion_blocks.p_mean=1.0
+
+Unknown keys and wrong types fail before any work starts, naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from huginn_db.data.reasoning import ReasoningConfig
+from huginn_db.model import ModelConfig
+from huginn_db.objectives import BPTTConfig, DiffusionBlocksConfig
+
+
+class ConfigError(ValueError):
+    """A recipe or override problem; the CLI prints it as one line and exits 2."""
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "diffusion_blocks"  # diffusion_blocks | bptt
+    bptt: BPTTConfig = field(default_factory=BPTTConfig)
+    diffusion_blocks: DiffusionBlocksConfig = field(default_factory=DiffusionBlocksConfig)
+
+
+@dataclass
+class DataConfig:
+    name: str = "reasoning"
+    reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 300
+    micro_batch_size: int = 64  # per data-parallel rank
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr·min_lr_ratio
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    # auto: bf16 autocast (fp32 master weights) where the hardware has bf16 matmul (CUDA, or a
+    # CPU with AVX512-BF16/AMX), else fp32 — on an AVX2-only CPU bf16 matmul is ~10× slower
+    precision: str = "auto"  # auto | bf16 | fp32
+    log_every: int = 10
+    threads: typing.Optional[int] = None  # torch intra-op threads on CPU (None: torch default)
+
+
+@dataclass
+class EvalConfig:
+    num_steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])  # test-time iterations
+    batch_size: int = 500
+
+
+@dataclass
+class RunConfig:
+    run_dir: str = "runs/default"
+    seed: int = 0
+    deepspeed: str = "deepspeed/zero0.json"  # relative to the recipe's directory or the CWD
+    overwrite: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def objective_config(self):
+        return getattr(self.objective, self.objective.name)
+
+
+# --- dict → dataclass with checks ------------------------------------------------------------
+
+def _check(value, tp, path: str):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        return _check(value, next(a for a in args if a is not type(None)), path)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_check(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, path)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"{path}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls, data: dict, path: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{path}.{key}" if path else key
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean '{(path + '.' if path else '') + close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown key '{full}'{hint}")
+        kwargs[key] = _check(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def apply_override(data: dict, item: str) -> None:
+    """`a.b.c=value` sets data['a']['b']['c'] = yaml-parsed value."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like dotted.key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(recipe: str | Path, overrides: list[str] = ()) -> RunConfig:
+    path = Path(recipe)
+    if not path.is_file():
+        raise ConfigError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a mapping at the top level")
+    for item in overrides:
+        apply_override(data, item)
+    cfg = from_dict(RunConfig, data)
+    ds = Path(cfg.deepspeed)
+    if not ds.is_absolute():
+        ds = path.parent / ds if (path.parent / ds).is_file() else ds
+    if not ds.is_file():
+        raise ConfigError(f"deepspeed: config file not found: {cfg.deepspeed}")
+    cfg.deepspeed = str(ds.resolve())
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    m, o = cfg.model, cfg.objective
+    if o.name not in ("bptt", "diffusion_blocks"):
+        raise ConfigError(f"objective.name must be bptt|diffusion_blocks, got {o.name!r}")
+    if m.hidden % m.heads or (m.hidden // m.heads) % 2:
+        raise ConfigError(f"model.hidden={m.hidden} must split into model.heads={m.heads} heads of even size")
+    if min(m.prelude_layers, m.coda_layers) < 0 or m.core_layers < 1:
+        raise ConfigError("model: core_layers must be >= 1 and prelude/coda layers >= 0")
+    if o.bptt.mean_recurrence < 1 or o.bptt.backprop_depth < 1:
+        raise ConfigError("objective.bptt: mean_recurrence and backprop_depth must be >= 1")
+    db = o.diffusion_blocks
+    if not 0 < db.sigma_min < db.sigma_max:
+        raise ConfigError(f"objective.diffusion_blocks: need 0 < sigma_min < sigma_max, got {db.sigma_min}, {db.sigma_max}")
+    if db.num_bands < 1 or db.p_std <= 0:
+        raise ConfigError("objective.diffusion_blocks: num_bands must be >= 1 and p_std > 0")
+    if cfg.train.precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"train.precision must be auto|bf16|fp32, got {cfg.train.precision!r}")
+    if min(cfg.train.micro_batch_size, cfg.train.grad_accum, cfg.train.max_steps + 1) < 1:
+        raise ConfigError("train: micro_batch_size and grad_accum must be >= 1, max_steps >= 0")
+    if cfg.data.name != "reasoning":
+        raise ConfigError(f"data.name must be 'reasoning', got {cfg.data.name!r}")
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,1 @@
+"""Training data: the embedded reasoning corpus (default) and, later, text corpora."""

@@ -1,0 +1,318 @@
+"""Huginn-style recurrent-depth transformer: prelude → one weight-shared core looped → coda.
+
+    e   = P(embed(x))                      prelude, l_P sandwich blocks
+    s_i = R(adapter([s_{i-1}, e]))         core, l_R blocks, the same weights every iteration
+    p   = head(norm(C(norm(s_r))))         coda, l_C blocks, tied LM head
+
+Details follow Geiping et al. 2025 (raven_modeling_minimal.py): sandwich norm, RMSNorm,
+RoPE, gated-SiLU MLP, biases on q/k only, tied embeddings scaled by √h, "takase" init and a
+random initial state. With `sigma_conditioning` the core and coda blocks carry AdaLN-Zero
+modulation from a σ embedding (DiT), so the same network can act as a DiffusionBlocks
+denoiser; the modulation is zero-initialised, i.e. training starts from the plain block.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 32000
+    hidden: int = 512
+    heads: int = 8
+    mlp_hidden: int = 2048
+    prelude_layers: int = 2
+    core_layers: int = 4
+    coda_layers: int = 2
+    context: int = 256
+    rope_base: float = 50_000.0
+    norm_eps: float = 1e-6
+    init_recurrence: int = 32  # r̄ used by the takase init to size output projections
+    sigma_conditioning: bool = False  # AdaLN-Zero in core + coda (set by the DB objective)
+    sigma_embed_dim: int = 128
+    attention: str = "auto"  # auto | sdpa | xformers
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    def effective_layers(self, r: int) -> int:
+        return self.prelude_layers + self.core_layers * r + self.coda_layers
+
+
+# --- attention backend ---------------------------------------------------------------------
+
+def xformers_available() -> bool:
+    try:
+        import xformers.ops  # noqa: F401
+    except Exception:  # ImportError, or a broken CUDA build
+        return False
+    return True
+
+
+def select_attention_backend(requested: str, device: torch.device) -> str:
+    """xformers only where it has kernels (CUDA tensors); SDPA everywhere else."""
+    if requested not in ("auto", "sdpa", "xformers"):
+        raise ValueError(f"model.attention must be auto|sdpa|xformers, got {requested!r}")
+    if requested == "sdpa":
+        return "sdpa"
+    usable = device.type == "cuda" and xformers_available()
+    if requested == "xformers" and not usable:
+        raise RuntimeError("model.attention=xformers needs CUDA tensors and an importable xformers")
+    return "xformers" if usable else "sdpa"
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_backend(requested: str, device_type: str) -> str:
+    backend = select_attention_backend(requested, torch.device(device_type))
+    log.info("attention backend on %s: %s", device_type, backend)
+    return backend
+
+
+# --- building blocks -----------------------------------------------------------------------
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()  # norm statistics in fp32 even under bf16 autocast
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).to(x.dtype)
+
+
+def rope_cache(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    inv = 1.0 / cfg.rope_base ** (torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim)
+    ang = torch.outer(torch.arange(cfg.context).float(), inv)  # (T, D/2)
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, T, H, D); rotate interleaved pairs (Huginn's complex-multiply convention)."""
+    xf = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = xf[..., 0], xf[..., 1]
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    out = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2)
+    return out.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden, bias=False)
+        self.qk_bias = nn.Parameter(torch.zeros(2 * cfg.hidden))  # Huginn: biases on q and k only
+        self.proj = nn.Linear(cfg.hidden, cfg.hidden, bias=False)
+
+    def backend(self, device: torch.device) -> str:
+        return _cached_backend(self.cfg.attention, device.type)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, D = self.cfg.heads, self.cfg.head_dim
+        qkv = self.qkv(x)
+        qk = qkv[..., : 2 * self.cfg.hidden] + self.qk_bias.to(qkv.dtype)
+        q, k = qk.view(B, T, 2, H, D).unbind(2)
+        v = qkv[..., 2 * self.cfg.hidden :].view(B, T, H, D)
+        q, k = apply_rope(q, cos[:T], sin[:T]), apply_rope(k, cos[:T], sin[:T])
+        if self.backend(x.device) == "xformers":
+            import xformers.ops as xops
+
+            y = xops.memory_efficient_attention(q, k, v, attn_bias=xops.LowerTriangularMask())
+        else:
+            y = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+            ).transpose(1, 2)
+        return self.proj(y.reshape(B, T, H * D))
+
+
+class GatedMLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.hidden, 2 * cfg.mlp_hidden, bias=False)
+        self.proj = nn.Linear(cfg.mlp_hidden, cfg.hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.fc(x).chunk(2, dim=-1)
+        return self.proj(F.silu(a) * b)
+
+
+class SandwichBlock(nn.Module):
+    """x̂ = n₂(x + Attn(n₁(x))); x = n₄(x̂ + MLP(n₃(x̂))), with optional AdaLN-Zero."""
+
+    def __init__(self, cfg: ModelConfig, conditioned: bool):
+        super().__init__()
+        self.n1, self.n2, self.n3, self.n4 = (RMSNorm(cfg.hidden, cfg.norm_eps) for _ in range(4))
+        self.attn = Attention(cfg)
+        self.mlp = GatedMLP(cfg)
+        # shift/scale/gate for attention and MLP; zero weights ⇒ exactly the plain block at init
+        self.ada = nn.Linear(cfg.sigma_embed_dim, 6 * cfg.hidden) if conditioned else None
+
+    def forward(self, x, cos, sin, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if self.ada is None or cond is None:
+            x = self.n2(x + self.attn(self.n1(x), cos, sin))
+            return self.n4(x + self.mlp(self.n3(x)))
+        sh_a, sc_a, g_a, sh_m, sc_m, g_m = self.ada(F.silu(cond)).chunk(6, dim=-1)
+        x = self.n2(x + (1 + g_a) * self.attn(self.n1(x) * (1 + sc_a) + sh_a, cos, sin))
+        return self.n4(x + (1 + g_m) * self.mlp(self.n3(x) * (1 + sc_m) + sh_m))
+
+
+class SigmaEmbedding(nn.Module):
+    """Sinusoidal features of c_noise = ¼·ln σ → 2-layer MLP (DiT's timestep embedder)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=c_noise.device) / half)
+        ang = c_noise.float()[..., None] * 1000.0 * freqs  # EDM/DiT scale c_noise up before sinusoids
+        return self.mlp(torch.cat([ang.cos(), ang.sin()], dim=-1))
+
+
+class CoreBlock(nn.Module):
+    """One recurrence iteration: adapter(concat(state, e)) → l_R sandwich blocks.
+
+    A module of its own so every loop iteration is one forward call (counted by tests and
+    by the FLOP accounting) and ZeRO-3 sees the shared weights as one unit.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.adapter = nn.Linear(2 * cfg.hidden, cfg.hidden, bias=False)
+        self.layers = nn.ModuleList(SandwichBlock(cfg, cfg.sigma_conditioning) for _ in range(cfg.core_layers))
+
+    def forward(self, state, e, cos, sin, cond=None):
+        x = self.adapter(torch.cat([state, e], dim=-1))
+        for layer in self.layers:
+            x = layer(x, cos, sin, cond)
+        return x
+
+
+# --- the model -----------------------------------------------------------------------------
+
+class RecurrentDepthLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.hidden % cfg.heads or cfg.head_dim % 2:
+            raise ValueError(f"hidden={cfg.hidden} must split into {cfg.heads} heads of even size")
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.hidden)
+        self.prelude = nn.ModuleList(SandwichBlock(cfg, False) for _ in range(cfg.prelude_layers))
+        self.core = CoreBlock(cfg)
+        self.coda = nn.ModuleList(SandwichBlock(cfg, cfg.sigma_conditioning) for _ in range(cfg.coda_layers))
+        self.ln_f = RMSNorm(cfg.hidden, cfg.norm_eps)
+        self.sigma_embed = SigmaEmbedding(cfg.sigma_embed_dim) if cfg.sigma_conditioning else None
+        cos, sin = rope_cache(cfg)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    # takase init (Huginn): std √(2/5h), output projections / √(2·l_eff), truncated at ±3σ
+    def reset_parameters(self) -> None:
+        std = math.sqrt(2.0 / (5.0 * self.cfg.hidden))
+        out_std = std / math.sqrt(2.0 * self.cfg.effective_layers(self.cfg.init_recurrence))
+        for name, p in self.named_parameters():
+            if name.startswith("sigma_embed"):
+                continue  # default nn.Linear init, as DiT
+            if name.endswith(".ada.weight") or name.endswith(".ada.bias"):
+                nn.init.zeros_(p)  # AdaLN-Zero
+            elif name.endswith("qk_bias"):
+                nn.init.zeros_(p)
+            elif p.dim() == 1:  # only RMSNorm weights are left
+                nn.init.ones_(p)
+            else:
+                s = out_std if name.endswith("proj.weight") else std
+                nn.init.trunc_normal_(p, std=s, a=-3 * s, b=3 * s)
+
+    @property
+    def emb_scale(self) -> float:
+        return math.sqrt(self.cfg.hidden)
+
+    def num_parameters(self) -> dict[str, int]:
+        count = lambda m: sum(p.numel() for p in m.parameters())
+        parts = {
+            "embedding": self.wte.weight.numel(),
+            "prelude": count(self.prelude),
+            "core": count(self.core),
+            "coda": count(self.coda),
+            "final_norm": count(self.ln_f),
+            "sigma_embed": count(self.sigma_embed) if self.sigma_embed is not None else 0,
+        }
+        parts["total"] = sum(p.numel() for p in self.parameters())
+        return parts
+
+    # -- pieces, used by the objectives and samplers --
+    def encode(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Prelude output e, computed once per sequence and injected into every iteration."""
+        if input_ids.shape[1] > self.cfg.context:
+            raise ValueError(f"sequence length {input_ids.shape[1]} exceeds model.context={self.cfg.context}")
+        x = self.wte(input_ids) * self.emb_scale
+        for block in self.prelude:
+            x = block(x, self.rope_cos, self.rope_sin)
+        return x
+
+    def initial_state(self, e: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        s = torch.empty(e.shape, dtype=torch.float32, device=e.device)
+        std = math.sqrt(2.0 / 5.0)
+        nn.init.trunc_normal_(s, std=std, a=-3 * std, b=3 * std, generator=generator)
+        return s.to(e.dtype)
+
+    def core_step(self, state, e, cond=None) -> torch.Tensor:
+        return self.core(state, e, self.rope_cos, self.rope_sin, cond)
+
+    def decode(self, s: torch.Tensor, cond=None) -> torch.Tensor:
+        """Recurrence output → final norm → coda → final norm → tied head: logits."""
+        x = self.ln_f(s)
+        for block in self.coda:
+            x = block(x, self.rope_cos, self.rope_sin, cond)
+        return F.linear(self.ln_f(x), self.wte.weight)
+
+    def recur(self, input_ids, num_steps: int, num_grad_steps: int | None = None, generator=None):
+        """Huginn's loop: num_steps − num_grad_steps iterations without grad, then the rest with."""
+        e = self.encode(input_ids)
+        k = num_steps if num_grad_steps is None else min(num_grad_steps, num_steps)
+        s = self.initial_state(e, generator)
+        if num_steps - k > 0:
+            with torch.no_grad():
+                for _ in range(num_steps - k):
+                    s = self.core_step(s, e)
+            s = s.detach()
+        for _ in range(k):
+            s = self.core_step(s, e)
+        return self.decode(s)
+
+    def clean_embeddings(self) -> torch.Tensor:
+        """Ê: unit-norm token embeddings, the space the DiffusionBlocks state z lives in."""
+        return F.normalize(self.wte.weight.float(), dim=-1)
+
+    def denoise(self, e, z, sigma, c_in) -> torch.Tensor:
+        """One σ-conditioned pass: logits of the denoiser D(z; σ, context).
+
+        sigma: (B, 1) per-sequence or (B, T) per-token noise level; c_in its preconditioner.
+        """
+        if self.sigma_embed is None:
+            raise RuntimeError("this model was built without sigma_conditioning; it cannot denoise")
+        cond = self.sigma_embed(0.25 * torch.log(sigma))  # c_noise = ¼ ln σ; (B, 1|T, C)
+        x_in = (c_in[..., None] * z).to(e.dtype)
+        return self.decode(self.core_step(x_in, e, cond), cond)
+
+    def forward(self, input_ids, *, num_steps=None, num_grad_steps=None, z=None, sigma=None,
+                c_in=None, generator=None):
+        """Engine entry point: a recurrent pass (num_steps) or one denoiser pass (z, σ)."""
+        if z is not None:
+            return self.denoise(self.encode(input_ids), z, sigma, c_in)
+        return self.recur(input_ids, num_steps, num_grad_steps, generator)

@@ -1,0 +1,201 @@
+"""Two ways to train the same looped model, behind one interface.
+
+    objective.loss(model, batch, step)       -> (loss, stats)   one training micro-step
+    objective.logits(model, ids, num_steps)  -> logits          inference at a chosen depth
+    objective.generate(model, ids, ...)      -> new token ids   greedy decoding
+
+`bptt`              Huginn's truncated backprop through time (SPEC §2): r ~ Poisson-log-normal,
+                    r − k iterations without grad, the last k with grad.
+`diffusion_blocks`  every loop iteration is one Euler step of the probability-flow ODE over
+                    one equi-probability σ-band (SPEC §3); training is one σ-conditioned
+                    denoiser pass per step.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from huginn_db import diffusion as dm
+
+
+def _ce(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Per-position next-token cross-entropy (B, T), zero where loss_mask is False."""
+    ce = F.cross_entropy(logits.float().flatten(0, 1), batch["target_ids"].flatten(), reduction="none")
+    return ce.view_as(batch["target_ids"]) * batch["loss_mask"]
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)  # a DeepSpeed engine wraps the nn.Module
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+# --- truncated BPTT ------------------------------------------------------------------------
+
+@dataclass
+class BPTTConfig:
+    mean_recurrence: int = 32  # r̄
+    backprop_depth: int = 8  # k
+    recurrence_std: float = 0.5  # σ of the log-normal over τ
+    eval_steps: int | None = None  # default test-time r (None: r̄)
+
+
+def sample_recurrence(step: int, cfg: BPTTConfig, seed: int = 0) -> int:
+    """r = Poisson(e^τ) + 1, τ ~ N(ln r̄ − s²/2, s): mean r̄ + 1, heavy right tail.
+
+    Seeded by (seed, step) only, so every data-parallel rank draws the same r.
+    """
+    rng = np.random.default_rng([seed, step, 0x5EC])
+    s = cfg.recurrence_std
+    tau = rng.normal(math.log(cfg.mean_recurrence) - 0.5 * s * s, s)
+    return int(rng.poisson(math.exp(tau))) + 1
+
+
+class BPTTObjective:
+    name = "bptt"
+    sigma_conditioning = False
+
+    def __init__(self, cfg: BPTTConfig, seed: int = 0):
+        self.cfg, self.seed = cfg, seed
+
+    @property
+    def default_num_steps(self) -> int:
+        return self.cfg.eval_steps or self.cfg.mean_recurrence
+
+    def loss(self, model, batch, step: int, rank: int = 0):
+        r = sample_recurrence(step, self.cfg, self.seed)
+        k = min(self.cfg.backprop_depth, r)
+        # initial-state noise differs per rank and step but is reproducible
+        g = torch.Generator(device=batch["input_ids"].device).manual_seed(_seed(self.seed, step, rank, 1))
+        logits = model(batch["input_ids"], num_steps=r, num_grad_steps=k, generator=g)
+        ce = _ce(logits, batch)
+        loss = ce.sum() / batch["loss_mask"].sum().clamp(min=1)
+        return loss, {"r": r, "no_grad_iters": r - k, "grad_iters": k}
+
+    @torch.no_grad()
+    def logits(self, model, input_ids, num_steps: int | None = None, generator=None, **_):
+        return _unwrap(model).recur(input_ids, num_steps or self.default_num_steps, 0, generator)
+
+
+# --- DiffusionBlocks -----------------------------------------------------------------------
+
+@dataclass
+class DiffusionBlocksConfig:
+    # σ distribution; the equi-probability bands follow whatever is set here
+    p_mean: float = 1.5
+    p_std: float = 1.0
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    sigma_data: float = 0.5
+    num_bands: int = 8  # K: training strata and the default number of inference iterations
+    sigma_per: str = "sequence"  # sequence | token
+    loss_weighting: str = "uniform"  # uniform | edm (λ(σ) normalised to mean 1 in the batch)
+    sampler: str = "euler"  # euler | heun
+
+    def sigma(self) -> dm.SigmaConfig:
+        return dm.SigmaConfig(self.sigma_min, self.sigma_max, self.sigma_data, self.p_mean, self.p_std)
+
+
+class DiffusionBlocksObjective:
+    name = "diffusion_blocks"
+    sigma_conditioning = True
+
+    def __init__(self, cfg: DiffusionBlocksConfig, seed: int = 0):
+        if cfg.sigma_per not in ("sequence", "token"):
+            raise ValueError(f"sigma_per must be sequence|token, got {cfg.sigma_per!r}")
+        if cfg.loss_weighting not in ("uniform", "edm"):
+            raise ValueError(f"loss_weighting must be uniform|edm, got {cfg.loss_weighting!r}")
+        if cfg.sampler not in ("euler", "heun"):
+            raise ValueError(f"sampler must be euler|heun, got {cfg.sampler!r}")
+        self.cfg, self.seed, self.sig = cfg, seed, cfg.sigma()
+
+    @property
+    def default_num_steps(self) -> int:
+        return self.cfg.num_bands
+
+    def loss(self, model, batch, step: int, rank: int = 0):
+        ids, tgt = batch["input_ids"], batch["target_ids"]
+        B, T = ids.shape
+        g = torch.Generator().manual_seed(_seed(self.seed, step, rank, 2))
+        n = B if self.cfg.sigma_per == "sequence" else B * T
+        # rotate the band offset with the step so small batches still visit every band
+        sigma, band = dm.sample_sigma(n, self.sig, self.cfg.num_bands, g, offset=step * n)
+        sigma = sigma.view(B, -1).to(ids.device)  # (B, 1) or (B, T)
+        # clean target y: unit-norm embedding of the next token; no gradient into the target
+        y = _unwrap(model).clean_embeddings().detach()[tgt]
+        eps = torch.randn(y.shape, generator=g).to(ids.device)
+        z = y + sigma[..., None] * eps
+        logits = model(ids, z=z, sigma=sigma, c_in=dm.c_in(sigma, self.sig))
+        ce = _ce(logits, batch)
+        if self.cfg.loss_weighting == "edm":
+            w = dm.edm_weight(sigma, self.sig)
+            ce = ce * (w / w.mean())
+        loss = ce.sum() / batch["loss_mask"].sum().clamp(min=1)
+        ls = sigma.log()
+        return loss, {
+            "sigma_mean": float(sigma.mean()), "log_sigma_mean": float(ls.mean()),
+            "log_sigma_std": float(ls.std()) if ls.numel() > 1 else 0.0,
+            "bands": torch.bincount(band, minlength=self.cfg.num_bands).tolist(),
+        }
+
+    @torch.no_grad()
+    def logits(self, model, input_ids, num_steps: int | None = None, generator=None,
+               sampler: str | None = None, return_trajectory: bool = False):
+        """K-step sampler from σ_max to σ_min; one loop iteration per equi-probability band.
+
+        Returns the logits of the last denoiser evaluation. K=1 is the context-only prediction
+        (a single pass at σ_max).
+        """
+        m = _unwrap(model)
+        sampler = sampler or self.cfg.sampler
+        K = num_steps or self.default_num_steps
+        e = m.encode(input_ids)
+        B, T = input_ids.shape
+        E_hat = m.clean_embeddings()
+        sched = dm.inference_schedule(K, self.sig)
+        z = sched[0] * torch.randn(B, T, E_hat.shape[1], generator=generator).to(e.device)
+        last = {}
+
+        def denoise(zz, s):
+            sigma = torch.full((B, 1), s, device=e.device)
+            last["logits"] = m.denoise(e, zz, sigma, dm.c_in(sigma, self.sig))
+            return torch.softmax(last["logits"].float(), -1) @ E_hat  # D = E_p[Ê]
+
+        traj = []
+        for k in range(K):
+            s, s_next = sched[k], sched[k + 1]
+            D = denoise(z, s)
+            if sampler == "heun" and k < K - 1:
+                z = dm.heun_step(z, D, s, s_next, denoise)
+            else:
+                z = dm.euler_step(z, D, s, s_next)
+            traj.append(last["logits"])
+        return traj if return_trajectory else last["logits"]
+
+
+# --- shared ---------------------------------------------------------------------------------
+
+@torch.no_grad()
+def generate(objective, model, prompt_ids: torch.Tensor, max_new_tokens: int, eos_id: int,
+             num_steps: int | None = None, seed: int = 0, **kw) -> torch.Tensor:
+    """Greedy decoding of a batch of equal-length prompts; stops once every row hit EOS."""
+    g = torch.Generator().manual_seed(seed)
+    ids = prompt_ids
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    for _ in range(max_new_tokens):
+        nxt = objective.logits(model, ids, num_steps, generator=g, **kw)[:, -1].argmax(-1)
+        nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+        ids = torch.cat([ids, nxt[:, None]], dim=1)
+        done |= nxt == eos_id
+        if bool(done.all()):
+            break
+    return ids[:, prompt_ids.shape[1]:]
+
+
+OBJECTIVES = {"bptt": (BPTTObjective, BPTTConfig), "diffusion_blocks": (DiffusionBlocksObjective, DiffusionBlocksConfig)}

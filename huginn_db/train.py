@@ -1,0 +1,219 @@
+"""Trainer: one recipe → model + objective + data → DeepSpeed engine → run directory.
+
+    huginn-db train RECIPE.yaml [dotted.key=value ...]
+    deepspeed --module huginn_db.train RECIPE.yaml [...]      # same module under the launcher
+
+The run directory holds config.yaml (resolved), metrics.jsonl (one object per logged step),
+checkpoints/ (DeepSpeed) and eval/final.json (answer accuracy per test-time depth).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from huginn_db.config import ConfigError, RunConfig, load_config, to_dict
+from huginn_db.data.reasoning import ReasoningCorpus
+from huginn_db.evaluate import format_accuracy_table, reasoning_accuracy
+from huginn_db.model import RecurrentDepthLM
+from huginn_db.objectives import OBJECTIVES
+
+log = logging.getLogger("huginn_db")
+
+
+def build_objective(cfg: RunConfig):
+    cls, _ = OBJECTIVES[cfg.objective.name]
+    return cls(cfg.objective_config(), seed=cfg.seed)
+
+
+def build_model(cfg: RunConfig, objective, vocab_size: int) -> RecurrentDepthLM:
+    mc = cfg.model
+    if mc.vocab_size != vocab_size:
+        mc.vocab_size = vocab_size  # the tokenizer decides; recorded in config.yaml
+    mc.sigma_conditioning = objective.sigma_conditioning
+    return RecurrentDepthLM(mc)
+
+
+def build_corpus(cfg: RunConfig) -> ReasoningCorpus:
+    corpus = ReasoningCorpus(cfg.data.reasoning, cfg.seed)
+    need = corpus.max_length(cfg.data.reasoning.test_difficulties)
+    if need > cfg.model.context:
+        raise ConfigError(f"model.context={cfg.model.context} is shorter than the longest reasoning example ({need} tokens); raise model.context")
+    return corpus
+
+
+def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
+    ds = json.loads(Path(cfg.deepspeed).read_text())
+    t = cfg.train
+    ds["train_micro_batch_size_per_gpu"] = t.micro_batch_size
+    ds["gradient_accumulation_steps"] = t.grad_accum
+    ds["train_batch_size"] = t.micro_batch_size * t.grad_accum * world_size
+    ds["gradient_clipping"] = t.grad_clip
+    ds.setdefault("steps_per_print", 10**9)  # we log ourselves
+    return ds
+
+
+def lr_lambda(cfg: RunConfig):
+    t = cfg.train
+
+    def f(step: int) -> float:
+        if step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        p = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
+        return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+
+    return f
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and "wte" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls beat fp32 here: CUDA, or a CPU with native bf16 dot products."""
+    if device.type == "cuda":
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_context(precision: str, device: torch.device):
+    use_bf16 = precision == "bf16" or (precision == "auto" and fast_bf16(device))
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+
+def init_distributed() -> None:
+    """Lets a bare `python -m huginn_db.train` run as a world of one (no launcher, no MPI)."""
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(port)))
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def prepare_run_dir(cfg: RunConfig, rank: int) -> Path:
+    run = Path(cfg.run_dir)
+    if rank == 0:
+        if (run / "metrics.jsonl").exists() and not cfg.overwrite:
+            raise ConfigError(f"run_dir {run} already holds a run; pass overwrite=true or another run_dir=")
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "metrics.jsonl").write_text("")
+        (run / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return run
+
+
+def train(cfg: RunConfig, progress: bool = True) -> dict:
+    """Run one training job; returns the final summary (also written to the run dir)."""
+    import deepspeed
+    from tqdm import tqdm
+
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    init_distributed()
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    torch.manual_seed(cfg.seed)
+    objective = build_objective(cfg)
+    corpus = build_corpus(cfg)
+    model = build_model(cfg, objective, corpus.tokenizer.vocab_size)
+    run = prepare_run_dir(cfg, rank)
+    if rank == 0:
+        corpus.tokenizer.save(run)
+
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
+                                  betas=(cfg.train.beta1, cfg.train.beta2))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=deepspeed_config(cfg, world))
+    device = engine.device
+    autocast = autocast_context(cfg.train.precision, device)
+    n_params = model.num_parameters()
+    if rank == 0:
+        log.info("objective=%s params=%s world=%d", objective.name, n_params, world)
+
+    metrics = (run / "metrics.jsonl").open("a") if rank == 0 else None
+    tokens = 0
+    t_start = time.perf_counter()
+    bar = tqdm(range(cfg.train.max_steps), disable=not progress or rank != 0, desc=objective.name)
+    window = []
+    for step in bar:
+        t0 = time.perf_counter()
+        for micro in range(cfg.train.grad_accum):
+            batch = {k: v.to(device) for k, v in corpus.train_batch(cfg.train.micro_batch_size, step, micro, rank).items()}
+            with autocast:
+                loss, stats = objective.loss(engine, batch, step, rank)
+            engine.backward(loss)
+            engine.step()
+            tokens += batch["input_ids"].numel() * world
+            window.append(loss.item())
+        dt = time.perf_counter() - t0
+        if rank == 0 and ((step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.max_steps):
+            rec = {"step": step + 1, "loss": sum(window) / len(window), "tokens": tokens,
+                   "seconds": dt, "elapsed": time.perf_counter() - t_start,
+                   "lr": engine.get_lr()[0], **stats}
+            metrics.write(json.dumps(rec) + "\n")
+            metrics.flush()
+            bar.set_postfix(loss=f"{rec['loss']:.3f}")
+            window = []
+
+    train_seconds = time.perf_counter() - t_start
+    engine.save_checkpoint(str(run / "checkpoints"), tag=f"step{cfg.train.max_steps}")
+    summary = {"objective": objective.name, "steps": cfg.train.max_steps, "tokens": tokens,
+               "train_seconds": train_seconds, "params": n_params}
+    if rank == 0:
+        with autocast:
+            acc = reasoning_accuracy(objective, engine.module, corpus, cfg.eval.num_steps,
+                                     cfg.eval.batch_size, seed=cfg.seed, device=device)
+        last = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+        summary.update(final_loss=last[-1]["loss"] if last else None, accuracy=acc)
+        (run / "eval").mkdir(exist_ok=True)
+        (run / "eval" / "final.json").write_text(json.dumps(summary, indent=2))
+        metrics.close()
+    torch.distributed.barrier()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [a for a in argv if not a.startswith("--local_rank")]  # injected by the launcher
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        cfg = load_config(argv[0], argv[1:])
+        summary = train(cfg)
+    except ConfigError as err:
+        print(f"huginn-db: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if "accuracy" in summary:
+        print(f"{summary['objective']}: final loss {summary['final_loss']:.4f}, "
+              f"{summary['tokens']} tokens in {summary['train_seconds']:.1f}s")
+        print(format_accuracy_table(summary["accuracy"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

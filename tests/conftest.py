@@ -1,0 +1,23 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = ROOT / "recipes"
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def data_root() -> Path:
+    """Shared datasets (CI: ../shared/data); tests that need them skip when absent."""
+    root = Path(os.environ.get("HUGINN_DB_DATA", ROOT.parent / "shared" / "data"))
+    if not root.is_dir():
+        pytest.skip(f"shared data not found at {root} (set HUGINN_DB_DATA)")
+    return root

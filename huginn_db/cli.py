@@ -2,6 +2,8 @@
 
     huginn-db train RECIPE.yaml [dotted.key=value ...]   train one recipe (see huginn_db.train)
     huginn-db demo [dotted.key=value ...]                train demo-db and demo-bptt, print both
+    huginn-db export RUN_DIR --out DIR                   consolidated safetensors + config
+    huginn-db tokenizer train --input F... --vocab-size N --out DIR
 """
 from __future__ import annotations
 
@@ -49,7 +51,15 @@ def main(argv: list[str] | None = None) -> int:
         return train_main(rest)
     if cmd == "demo":
         return _demo(rest)
-    print(f"huginn-db: error: unknown command {cmd!r} (try train, demo)", file=sys.stderr)
+    if cmd == "export":
+        from huginn_db.checkpoint import main as export_main
+
+        return export_main(rest)
+    if cmd == "tokenizer":
+        from huginn_db.tokenizer import main as tokenizer_main
+
+        return tokenizer_main(rest)
+    print(f"huginn-db: error: unknown command {cmd!r} (try train, demo, export, tokenizer)", file=sys.stderr)
     return 2
 
 

@@ -53,6 +53,7 @@ class TrainConfig:
     # CPU with AVX512-BF16/AMX), else fp32 — on an AVX2-only CPU bf16 matmul is ~10× slower
     precision: str = "auto"  # auto | bf16 | fp32
     log_every: int = 10
+    save_every: int = 0  # checkpoint every N steps (0: only at the end)
     threads: typing.Optional[int] = None  # torch intra-op threads on CPU (None: torch default)
 
 
@@ -67,7 +68,8 @@ class RunConfig:
     run_dir: str = "runs/default"
     seed: int = 0
     deepspeed: str = "deepspeed/zero0.json"  # relative to the recipe's directory or the CWD
-    overwrite: bool = False
+    overwrite: bool = False  # replace an existing run in run_dir (metrics and checkpoints)
+    resume: str = "never"  # never | auto (continue from run_dir/checkpoints/latest if present)
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -182,6 +184,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.precision must be auto|bf16|fp32, got {cfg.train.precision!r}")
     if min(cfg.train.micro_batch_size, cfg.train.grad_accum, cfg.train.max_steps + 1) < 1:
         raise ConfigError("train: micro_batch_size and grad_accum must be >= 1, max_steps >= 0")
+    if cfg.resume not in ("never", "auto"):
+        raise ConfigError(f"resume must be never|auto, got {cfg.resume!r}")
     if cfg.data.name != "reasoning":
         raise ConfigError(f"data.name must be 'reasoning', got {cfg.data.name!r}")
 

@@ -310,9 +310,15 @@ class RecurrentDepthLM(nn.Module):
         x_in = (c_in[..., None] * z).to(e.dtype)
         return self.decode(self.core_step(x_in, e, cond), cond)
 
-    def forward(self, input_ids, *, num_steps=None, num_grad_steps=None, z=None, sigma=None,
-                c_in=None, generator=None):
-        """Engine entry point: a recurrent pass (num_steps) or one denoiser pass (z, σ)."""
-        if z is not None:
+    def forward(self, input_ids, *, num_steps=None, num_grad_steps=None, generator=None,
+                target_ids=None, sigma=None, noise=None, c_in=None):
+        """Engine entry point: a recurrent pass (num_steps) or one DiffusionBlocks training pass.
+
+        The DB pass builds z = Ê[target] + σ·noise here, inside forward, so that under ZeRO-3
+        the (partitioned) embedding is gathered when it is read.
+        """
+        if target_ids is not None:
+            y = self.clean_embeddings().detach()[target_ids]  # no gradient into the target
+            z = y + sigma[..., None] * noise
             return self.denoise(self.encode(input_ids), z, sigma, c_in)
         return self.recur(input_ids, num_steps, num_grad_steps, generator)

@@ -1,6 +1,6 @@
 """Two ways to train the same looped model, behind one interface.
 
-    objective.loss(model, batch, step)       -> (loss, stats)   one training micro-step
+    objective.loss(model, batch, step, slot) -> (loss, stats)   one training micro-step
     objective.logits(model, ids, num_steps)  -> logits          inference at a chosen depth
     objective.generate(model, ids, ...)      -> new token ids   greedy decoding
 
@@ -68,11 +68,12 @@ class BPTTObjective:
     def default_num_steps(self) -> int:
         return self.cfg.eval_steps or self.cfg.mean_recurrence
 
-    def loss(self, model, batch, step: int, rank: int = 0):
+    def loss(self, model, batch, step: int, slot: int = 0):
+        """`slot` is the global micro-batch index (step·grad_accum + micro)·world + rank."""
         r = sample_recurrence(step, self.cfg, self.seed)
         k = min(self.cfg.backprop_depth, r)
-        # initial-state noise differs per rank and step but is reproducible
-        g = torch.Generator(device=batch["input_ids"].device).manual_seed(_seed(self.seed, step, rank, 1))
+        # initial-state noise differs per micro-batch but is reproducible
+        g = torch.Generator(device=batch["input_ids"].device).manual_seed(_seed(self.seed, slot, 1))
         logits = model(batch["input_ids"], num_steps=r, num_grad_steps=k, generator=g)
         ce = _ce(logits, batch)
         loss = ce.sum() / batch["loss_mask"].sum().clamp(min=1)
@@ -119,19 +120,18 @@ class DiffusionBlocksObjective:
     def default_num_steps(self) -> int:
         return self.cfg.num_bands
 
-    def loss(self, model, batch, step: int, rank: int = 0):
+    def loss(self, model, batch, step: int, slot: int = 0):
+        """`slot` is the global micro-batch index (step·grad_accum + micro)·world + rank."""
         ids, tgt = batch["input_ids"], batch["target_ids"]
         B, T = ids.shape
-        g = torch.Generator().manual_seed(_seed(self.seed, step, rank, 2))
+        g = torch.Generator().manual_seed(_seed(self.seed, slot, 2))
         n = B if self.cfg.sigma_per == "sequence" else B * T
-        # rotate the band offset with the step so small batches still visit every band
-        sigma, band = dm.sample_sigma(n, self.sig, self.cfg.num_bands, g, offset=step * n)
+        # rotate the band offset with the slot so small batches still visit every band
+        sigma, band = dm.sample_sigma(n, self.sig, self.cfg.num_bands, g, offset=slot * n)
         sigma = sigma.view(B, -1).to(ids.device)  # (B, 1) or (B, T)
-        # clean target y: unit-norm embedding of the next token; no gradient into the target
-        y = _unwrap(model).clean_embeddings().detach()[tgt]
-        eps = torch.randn(y.shape, generator=g).to(ids.device)
-        z = y + sigma[..., None] * eps
-        logits = model(ids, z=z, sigma=sigma, c_in=dm.c_in(sigma, self.sig))
+        # z = y + σ·ε with y the unit-norm embedding of the next token (built inside forward)
+        eps = torch.randn(B, T, _unwrap(model).cfg.hidden, generator=g).to(ids.device)
+        logits = model(ids, target_ids=tgt, sigma=sigma, noise=eps, c_in=dm.c_in(sigma, self.sig))
         ce = _ce(logits, batch)
         if self.cfg.loss_weighting == "edm":
             w = dm.edm_weight(sigma, self.sig)

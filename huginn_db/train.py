@@ -13,11 +13,14 @@ import json
 import logging
 import math
 import os
+import random
+import shutil
 import socket
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -112,18 +115,60 @@ def init_distributed() -> None:
 
 
 def prepare_run_dir(cfg: RunConfig, rank: int) -> Path:
+    """Create the run directory; refuse to clobber an existing run unless asked to."""
     run = Path(cfg.run_dir)
     if rank == 0:
-        if (run / "metrics.jsonl").exists() and not cfg.overwrite:
-            raise ConfigError(f"run_dir {run} already holds a run; pass overwrite=true or another run_dir=")
+        exists = (run / "metrics.jsonl").exists()
+        if exists and not (cfg.overwrite or cfg.resume == "auto"):
+            raise ConfigError(f"run_dir {run} already holds a run; pass resume=auto, overwrite=true or another run_dir=")
+        if cfg.overwrite:
+            shutil.rmtree(run / "checkpoints", ignore_errors=True)
+            (run / "metrics.jsonl").unlink(missing_ok=True)
         run.mkdir(parents=True, exist_ok=True)
-        (run / "metrics.jsonl").write_text("")
+        (run / "metrics.jsonl").touch()
         (run / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return run
 
 
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop records past `step`: a killed run may have logged steps its last checkpoint lacks."""
+    keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
+    path.write_text("".join(l + "\n" for l in keep))
+
+
+def zero_stage(engine) -> int:
+    return int(engine.zero_optimization_stage())
+
+
+def evaluation_model(engine, cfg: RunConfig, rank: int):
+    """The trained module, hook-free: under ZeRO-3 a full copy gathered onto rank 0.
+
+    A collective under ZeRO-3 (every rank must call it); other ranks get None.
+    """
+    if zero_stage(engine) != 3:
+        return engine.module
+    import deepspeed
+
+    params = list(engine.module.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        state = {k: v.detach().clone() for k, v in engine.module.state_dict().items()} if rank == 0 else None
+    if rank != 0:
+        return None
+    model = RecurrentDepthLM(cfg.model)
+    model.load_state_dict(state)
+    return model.to(engine.device)
+
+
+def save(engine, run: Path, step: int, tokens: int, corpus, cfg: RunConfig, world: int) -> None:
+    client = {"step": step, "tokens": tokens, "torch_rng": torch.get_rng_state(),
+              "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
+    if hasattr(corpus, "position"):
+        client["data"] = corpus.position(step, cfg.train.grad_accum, world, cfg.train.micro_batch_size)
+    engine.save_checkpoint(str(run / "checkpoints"), tag=f"step{step}", client_state=client)
+
+
 def train(cfg: RunConfig, progress: bool = True) -> dict:
-    """Run one training job; returns the final summary (also written to the run dir)."""
+    """Run (or resume) one training job; returns the final summary (also written to the run dir)."""
     import deepspeed
     from tqdm import tqdm
 
@@ -139,54 +184,77 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
     if rank == 0:
         corpus.tokenizer.save(run)
 
+    n_params = model.num_parameters()  # before ZeRO-3 partitions the tensors
     optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
                                   betas=(cfg.train.beta1, cfg.train.beta2))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg, world))
+    if zero_stage(engine) == 3:
+        # the tied head and the DB targets read wte.weight outside nn.Embedding.forward
+        deepspeed.zero.register_external_parameter(engine.module, engine.module.wte.weight)
     device = engine.device
     autocast = autocast_context(cfg.train.precision, device)
-    n_params = model.num_parameters()
+
+    start, tokens = 0, 0
+    if cfg.resume == "auto" and (run / "checkpoints" / "latest").is_file():
+        _, client = engine.load_checkpoint(str(run / "checkpoints"))
+        start, tokens = client["step"], client["tokens"]
+        torch.set_rng_state(client["torch_rng"])
+        np.random.set_state(client["numpy_rng"])
+        random.setstate(client["python_rng"])
+        log.info("resumed from step %d", start)
     if rank == 0:
-        log.info("objective=%s params=%s world=%d", objective.name, n_params, world)
+        truncate_metrics(run / "metrics.jsonl", start)
+        log.info("objective=%s params=%s world=%d zero=%d", objective.name, n_params["total"],
+                 world, zero_stage(engine))
 
     metrics = (run / "metrics.jsonl").open("a") if rank == 0 else None
-    tokens = 0
     t_start = time.perf_counter()
-    bar = tqdm(range(cfg.train.max_steps), disable=not progress or rank != 0, desc=objective.name)
+    bar = tqdm(range(start, cfg.train.max_steps), initial=start, total=cfg.train.max_steps,
+               disable=not progress or rank != 0, desc=objective.name,
+               mininterval=0.5 if sys.stderr.isatty() else 30)  # keep piped logs short
     window = []
     for step in bar:
         t0 = time.perf_counter()
         for micro in range(cfg.train.grad_accum):
-            batch = {k: v.to(device) for k, v in corpus.train_batch(cfg.train.micro_batch_size, step, micro, rank).items()}
+            batch = corpus.train_batch(cfg.train.micro_batch_size, step, micro, rank, world, cfg.train.grad_accum)
+            batch = {k: v.to(device) for k, v in batch.items()}
             with autocast:
-                loss, stats = objective.loss(engine, batch, step, rank)
+                loss, stats = objective.loss(engine, batch, step, (step * cfg.train.grad_accum + micro) * world + rank)
             engine.backward(loss)
             engine.step()
             tokens += batch["input_ids"].numel() * world
             window.append(loss.item())
         dt = time.perf_counter() - t0
-        if rank == 0 and ((step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.max_steps):
-            rec = {"step": step + 1, "loss": sum(window) / len(window), "tokens": tokens,
+        done = step + 1
+        if rank == 0 and (done % cfg.train.log_every == 0 or done == cfg.train.max_steps):
+            rec = {"step": done, "loss": sum(window) / len(window), "tokens": tokens,
                    "seconds": dt, "elapsed": time.perf_counter() - t_start,
                    "lr": engine.get_lr()[0], **stats}
             metrics.write(json.dumps(rec) + "\n")
             metrics.flush()
             bar.set_postfix(loss=f"{rec['loss']:.3f}")
+        if done % cfg.train.log_every == 0:
             window = []
+        if cfg.train.save_every and done % cfg.train.save_every == 0 and done < cfg.train.max_steps:
+            save(engine, run, done, tokens, corpus, cfg, world)
 
     train_seconds = time.perf_counter() - t_start
-    engine.save_checkpoint(str(run / "checkpoints"), tag=f"step{cfg.train.max_steps}")
+    if start < cfg.train.max_steps or not (run / "checkpoints" / "latest").is_file():
+        save(engine, run, cfg.train.max_steps, tokens, corpus, cfg, world)
     summary = {"objective": objective.name, "steps": cfg.train.max_steps, "tokens": tokens,
                "train_seconds": train_seconds, "params": n_params}
+    model = evaluation_model(engine, cfg, rank)
     if rank == 0:
         with autocast:
-            acc = reasoning_accuracy(objective, engine.module, corpus, cfg.eval.num_steps,
+            acc = reasoning_accuracy(objective, model, corpus, cfg.eval.num_steps,
                                      cfg.eval.batch_size, seed=cfg.seed, device=device)
         last = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
         summary.update(final_loss=last[-1]["loss"] if last else None, accuracy=acc)
         (run / "eval").mkdir(exist_ok=True)
         (run / "eval" / "final.json").write_text(json.dumps(summary, indent=2))
+    if metrics:
         metrics.close()
     torch.distributed.barrier()
     return summary

@@ -41,7 +41,7 @@ def test_recurrence_is_the_same_on_every_rank_and_reproducible():
     counts = []
     for rank in (0, 1):
         c = CoreCounter(model)
-        BPTTObjective(cfg, seed=7).loss(model, _batch(), step=5, rank=rank)
+        BPTTObjective(cfg, seed=7).loss(model, _batch(), step=5, slot=rank)
         counts.append(c.n)
     assert counts[0] == counts[1] == sample_recurrence(5, cfg, seed=7)
 

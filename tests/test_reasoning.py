@@ -9,17 +9,20 @@ def _evaluate_chain(prompt: str) -> str:
     env = {}
     for stmt in prompt[:-3].split(";"):
         var, expr = stmt.split("=")
-        if len(expr) == 1:
+        if expr.isdigit():
             env[var] = int(expr)
+        elif len(expr) == 1:  # copy
+            env[var] = env[expr]
         else:
             x, op, c = env[expr[0]], expr[1], int(expr[2])
             env[var] = (x + c if op == "+" else x - c if op == "-" else x * c) % 10
     return str(env[prompt[-2]])
 
 
+@pytest.mark.parametrize("ops", ["=", "+-*="])
 @pytest.mark.parametrize("distractors", [0, 2, 4])
-def test_chain_answers_are_correct_and_depth_is_the_hop_count(distractors):
-    corpus = ReasoningCorpus(ReasoningConfig(distractors=distractors), seed=0)
+def test_chain_answers_are_correct_and_depth_is_the_hop_count(distractors, ops):
+    corpus = ReasoningCorpus(ReasoningConfig(distractors=distractors, ops=ops), seed=0)
     rng = np.random.default_rng(0)
     for d in (1, 2, 3, 5):
         for _ in range(200):
@@ -41,9 +44,11 @@ def test_addition_task():
 
 def test_batches_are_deterministic_and_masks_cover_answer_and_eos():
     corpus = ReasoningCorpus(ReasoningConfig(), seed=3)
-    a, b = corpus.train_batch(8, step=4, micro=1, rank=1), corpus.train_batch(8, step=4, micro=1, rank=1)
+    a, b = corpus.train_batch(8, step=4, micro=1, rank=1, world=2), corpus.train_batch(8, step=4, micro=1, rank=1, world=2)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not torch.equal(a["input_ids"], corpus.train_batch(8, step=4, micro=1, rank=0)["input_ids"])
+    assert not torch.equal(a["input_ids"], corpus.train_batch(8, step=4, micro=1, rank=0, world=2)["input_ids"])
+    # 2 ranks x 1 micro-batch == 1 rank x 2 micro-batches
+    assert torch.equal(corpus.train_batch(8, 3, 0, rank=1, world=2)["input_ids"], corpus.train_batch(8, 3, micro=1, grad_accum=2)["input_ids"])
     tok = corpus.tokenizer
     for i in range(8):
         row_in, row_tgt, m = a["input_ids"][i], a["target_ids"][i], a["loss_mask"][i]

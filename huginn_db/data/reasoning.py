@@ -23,7 +23,7 @@ import torch
 
 SPECIALS = ["<pad>", "<bos>", "<eos>"]
 ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz=;+-*?"
-OPS = "+-*"
+OPS = "+-*="  # "=" is a plain copy: b=a
 
 
 class CharTokenizer:
@@ -66,7 +66,7 @@ class ReasoningConfig:
     train_difficulties: list[int] = field(default_factory=lambda: [1, 2, 3])
     test_difficulties: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     distractors: int = 2  # extra assignments per chain example
-    ops: str = "+-*"  # chain operators (all mod 10)
+    ops: str = "="  # chain operators from "+-*=" (arithmetic mod 10; "=" copies)
     test_examples: int = 200  # per difficulty
 
 
@@ -77,15 +77,16 @@ def _chain_example(rng: np.random.Generator, d: int, distractors: int, ops: str 
     stmts = [[f"{chain[0]}={v}"]]  # chain statements in order; distractors slot in between
     for i in range(1, d + 1):
         op, c = ops[rng.integers(len(ops))], int(rng.integers(10))
-        v = (v + c if op == "+" else v - c if op == "-" else v * c) % 10
-        stmts.append([f"{chain[i]}={chain[i - 1]}{op}{c}"])
+        v = (v + c if op == "+" else v - c if op == "-" else v * c if op == "*" else v) % 10
+        stmts.append([f"{chain[i]}={chain[i - 1]}" + (f"{op}{c}" if op != "=" else "")])
     slot_of: dict[str, int] = {}
     for x in extra:
         slot = int(rng.integers(len(stmts)))  # appended after chain statement `slot`
         if rng.random() < 0.5:  # derived from a variable already defined at that point
             src = chain[: slot + 1] + [y for y, s in slot_of.items() if s <= slot]
             y = src[int(rng.integers(len(src)))]
-            stmts[slot].append(f"{x}={y}{ops[rng.integers(len(ops))]}{int(rng.integers(10))}")
+            op = ops[rng.integers(len(ops))]
+            stmts[slot].append(f"{x}={y}" + (f"{op}{int(rng.integers(10))}" if op != "=" else ""))
         else:
             stmts[slot].append(f"{x}={int(rng.integers(10))}")
         slot_of[x] = slot
@@ -129,9 +130,13 @@ class ReasoningCorpus:
     def train_seq_len(self) -> int:
         return self.max_length(self.cfg.train_difficulties) - 1  # inputs are seq[:-1]
 
-    def train_batch(self, batch_size: int, step: int, micro: int = 0, rank: int = 0) -> dict[str, torch.Tensor]:
-        """Micro-batch `micro` of `step` for data-parallel `rank`: a pure function of its indices."""
-        rng = np.random.default_rng([self.seed, 0, step, micro, rank])
+    def train_batch(self, batch_size: int, step: int, micro: int = 0, rank: int = 0, world: int = 1,
+                    grad_accum: int = 1) -> dict[str, torch.Tensor]:
+        """Micro-batch `micro` of `step` for data-parallel `rank`: a pure function of the global
+        micro-batch slot (step·grad_accum + micro)·world + rank, so 2 ranks × 1 micro-batch see
+        exactly the samples of 1 rank × 2 micro-batches (same global batch, same data)."""
+        slot = (step * grad_accum + micro) * world + rank
+        rng = np.random.default_rng([self.seed, 0, slot])
         tok, T = self.tokenizer, self.train_seq_len
         ids = torch.full((batch_size, T + 1), tok.pad_id, dtype=torch.long)
         mask = torch.zeros(batch_size, T, dtype=torch.bool)

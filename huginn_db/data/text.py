@@ -1,0 +1,344 @@
+"""Text corpora through HF `datasets`: local json/jsonl/text/parquet files or a hub dataset.
+
+Documents
+  json/jsonl/parquet rows (and hub dataset rows) are one document each, read from `text_field`.
+  Plain text is read line by line; with `blank_line_docs`, consecutive non-empty lines form one
+  document (blank lines separate stories in TinyStories, paragraphs in WikiText), otherwise each
+  non-empty line is a document (one sentence per line, as in LM1B).
+
+In memory (default)
+  Documents are split train/val by a permutation seeded by `seed` (whole documents, so no text is
+  in both), tokenized, concatenated with an eos after every document and packed into windows of
+  seq_len + 1 tokens (the tail that fills no window is dropped); a window w gives
+  input_ids = w[:-1], target_ids = w[1:], and every position is scored.
+
+  Which window a row gets: micro-batch g = step * grad_accum + micro; row i of rank r is global
+  sample idx = (g * world + r) * batch_size + i, i.e. window perm_e[idx % N] of epoch e = idx // N,
+  where perm_e is a permutation seeded by (seed, e). Ranks and micro-batches tile the index line,
+  so within an epoch no window repeats and none is skipped, and a batch is a pure function of its
+  indices: resuming at step s needs nothing but s.
+
+Streaming (`streaming=True`)
+  For corpora too large to tokenize up front. Documents come from an `IterableDataset` in file
+  order; the first `val_docs` are held out (a stream has no length, so no fraction), the rest go
+  through a buffer shuffle, are tokenized and packed on the fly. Rank r takes every world-th packed
+  window starting at r. Batches are still pure functions of their indices, but every rank reads the
+  whole stream and reaching step s means re-reading all windows before it.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from huginn_db.tokenizer import load_tokenizer
+
+FORMATS = ("text", "json", "parquet")
+EXTENSION_FORMATS = {".txt": "text", ".tokens": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")  # datasets decompresses these transparently
+
+
+@dataclass
+class TextConfig:
+    files: list[str] = field(default_factory=list)  # local files; relative to data_root, else the CWD
+    data_root: str | None = None  # None: $HUGINN_DB_DATA if set
+    dataset: str | None = None  # hub dataset name, passed to load_dataset as-is (instead of files)
+    dataset_config: str | None = None
+    split: str = "train"  # hub split; a local file is a split of its own
+    format: str = "auto"  # auto (by extension) | text | json | parquet
+    text_field: str = "text"  # json/parquet/hub column; plain text always has "text"
+    streaming: bool = False
+    seq_len: int = 256
+    val_fraction: float = 0.01  # of documents, at least one (in memory)
+    val_docs: int = 100  # leading documents held out (streaming)
+    shuffle_buffer: int = 10_000  # documents (streaming)
+    tokenizer: str = "reasoning"  # see huginn_db.tokenizer.load_tokenizer
+    blank_line_docs: bool = True  # plain text: blank lines separate documents
+
+
+@dataclass
+class _Source:
+    """One load_dataset call; errors name `label`."""
+
+    label: str
+    path: str  # builder name (text/json/parquet) or hub dataset
+    format: str | None  # "text" groups lines into documents
+    name: str | None = None
+    data_files: list[str] | None = None
+    split: str = "train"
+
+
+def _cache_dir() -> str:
+    """datasets' cache: HF_DATASETS_CACHE / HF_HOME when set, else the temp dir (never a read-only ~)."""
+    if os.environ.get("HF_DATASETS_CACHE"):
+        return os.environ["HF_DATASETS_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"], "datasets"))
+    return str(Path(tempfile.gettempdir(), "huginn_db-datasets"))
+
+
+def _describe(err: BaseException, fmt: str | None) -> str:
+    """One line from the most specific exception in a datasets error chain."""
+    chain, seen = [], err
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for e in chain:
+        if isinstance(e, UnicodeDecodeError):
+            return f"is not valid UTF-8 ({e.reason}: byte {e.object[e.start:e.start + 1]!r})"
+    root = next((e for e in chain if type(e).__name__ != "DatasetGenerationError"), err)
+    msg = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
+    if fmt == "json" and any(isinstance(e, ValueError) for e in chain):  # pyarrow's ArrowInvalid is one
+        return f"is not valid JSON / JSON lines ({msg})"
+    return f"could not be loaded ({type(root).__name__}: {msg})"
+
+
+class TextCorpus:
+    """Packed next-token training windows over a text corpus; same batch dicts as ReasoningCorpus."""
+
+    def __init__(self, cfg: TextConfig, seed: int):
+        self.cfg, self.seed = cfg, seed
+        self._check_config()
+        self.tokenizer = load_tokenizer(cfg.tokenizer)
+        self._sources = self._resolve_sources()
+        self._window = cfg.seq_len + 1
+        self._perms: dict[int, np.ndarray] = {}
+        if cfg.streaming:
+            self._init_streaming()
+        else:
+            self._init_in_memory()
+
+    # --- configuration ------------------------------------------------------------------------
+
+    def _check_config(self) -> None:
+        cfg = self.cfg
+        if bool(cfg.files) == bool(cfg.dataset):
+            raise ValueError("data.text: set exactly one of files (local) or dataset (hub)")
+        if cfg.format not in ("auto", *FORMATS):
+            raise ValueError(f"data.text.format must be auto|text|json|parquet, got {cfg.format!r}")
+        if cfg.seq_len < 1:
+            raise ValueError(f"data.text.seq_len must be >= 1, got {cfg.seq_len}")
+        if not 0 <= cfg.val_fraction < 1:
+            raise ValueError(f"data.text.val_fraction must be in [0, 1), got {cfg.val_fraction}")
+        if cfg.streaming and (cfg.val_docs < 1 or cfg.shuffle_buffer < 1):
+            raise ValueError("data.text.val_docs and data.text.shuffle_buffer must be >= 1")
+
+    def _resolve_sources(self) -> list[_Source]:
+        cfg = self.cfg
+        if cfg.dataset:
+            return [_Source(f"dataset {cfg.dataset}", cfg.dataset, None, cfg.dataset_config, split=cfg.split)]
+        root = cfg.data_root or os.environ.get("HUGINN_DB_DATA")
+        sources = []
+        for name in cfg.files:
+            path = Path(name).expanduser()
+            if not path.is_absolute():
+                path = Path(root or ".", path).resolve()
+            if not path.is_file():
+                where = f"data_root {root}" if root else "the working directory"
+                raise ValueError(f"data.text: file not found: {path} ({name!r} resolved against {where})")
+            if path.stat().st_size == 0:
+                raise ValueError(f"data.text: file is empty: {path}")
+            fmt = cfg.format if cfg.format != "auto" else self._format_of(path)
+            sources.append(_Source(str(path), fmt, fmt, data_files=[str(path)]))
+        return sources
+
+    @staticmethod
+    def _format_of(path: Path) -> str:
+        suffixes = [s for s in path.suffixes if s not in COMPRESSIONS]
+        fmt = EXTENSION_FORMATS.get(suffixes[-1].lower() if suffixes else "")
+        if fmt is None:
+            raise ValueError(f"data.text: cannot tell the format of {path} from its extension; "
+                             "set data.text.format to text, json or parquet")
+        return fmt
+
+    # --- documents ------------------------------------------------------------------------------
+
+    def _rows(self, src: _Source, streaming: bool) -> Iterator[dict]:
+        """Batches of rows from datasets; any loader error becomes a ValueError naming the source."""
+        import datasets  # slow import; only text runs pay for it
+
+        try:
+            ds = datasets.load_dataset(src.path, src.name, data_files=src.data_files, split=src.split,
+                                       streaming=streaming, cache_dir=_cache_dir())
+            yield from ds.iter(batch_size=1024)
+        except Exception as err:
+            raise ValueError(f"data.text: {src.label} {_describe(err, src.format)}") from None
+
+    def _documents(self, src: _Source, streaming: bool) -> Iterator[str]:
+        """Non-empty documents of one source, in order."""
+        column = "text" if src.format == "text" else self.cfg.text_field
+        count, lines = 0, []
+        for batch in self._rows(src, streaming):
+            if column not in batch:
+                raise ValueError(f"data.text: {src.label} has no field {column!r} (columns: "
+                                 f"{', '.join(batch)}); set data.text.text_field")
+            for value in batch[column]:
+                if value is not None and not isinstance(value, str):
+                    raise ValueError(f"data.text: {src.label}: field {column!r} holds "
+                                     f"{type(value).__name__}, not text")
+                if src.format == "text" and self.cfg.blank_line_docs:
+                    if value.strip():
+                        lines.append(value)
+                        continue
+                    value, lines = "\n".join(lines), []
+                if value and value.strip():
+                    count += 1
+                    yield value
+        if lines:
+            count += 1
+            yield "\n".join(lines)
+        if count == 0:
+            raise ValueError(f"data.text: {src.label} holds no documents (only blank text)")
+
+    def _all_documents(self, streaming: bool) -> Iterator[str]:
+        for src in self._sources:
+            yield from self._documents(src, streaming)
+
+    def _encode(self, doc: str) -> list[int]:
+        """Document tokens plus the eos that separates it from the next one."""
+        try:
+            return self.tokenizer.encode(doc) + [self.tokenizer.eos_id]
+        except ValueError as err:  # only the reasoning tokenizer rejects characters
+            raise ValueError(f"data.text.tokenizer={self.cfg.tokenizer!r} cannot encode this corpus: {err}; "
+                             "train one with `huginn-db tokenizer train` and point data.text.tokenizer at it") from None
+
+    def _too_small(self, split: str, tokens: int) -> ValueError:
+        return ValueError(f"data.text: the {split} split has {tokens} tokens but one sequence needs "
+                          f"seq_len + 1 = {self._window}; add data or lower data.text.seq_len")
+
+    def _pack(self, docs: list[str], split: str) -> np.ndarray:
+        """(n, seq_len + 1) consecutive windows of the eos-separated token stream."""
+        stream = np.fromiter(itertools.chain.from_iterable(self._encode(d) for d in docs), dtype=np.int32)
+        n = len(stream) // self._window
+        if n == 0:
+            raise self._too_small(split, len(stream))
+        return stream[: n * self._window].reshape(n, self._window)
+
+    # --- in memory ------------------------------------------------------------------------------
+
+    def _init_in_memory(self) -> None:
+        docs = list(self._all_documents(streaming=False))
+        n_val = max(1, round(self.cfg.val_fraction * len(docs)))
+        if len(docs) <= n_val:
+            raise ValueError(f"data.text: {len(docs)} document(s) cannot be split into train and val "
+                             f"({n_val} held out); add data")
+        order = np.random.default_rng([self.seed, 0]).permutation(len(docs))
+        # sorted: each split keeps corpus order, so neighbouring text stays together in a window
+        self.val_doc_indices, self.train_doc_indices = np.sort(order[:n_val]), np.sort(order[n_val:])
+        self._train = self._pack([docs[i] for i in self.train_doc_indices], "train")
+        self._val = self._pack([docs[i] for i in self.val_doc_indices], "val")
+
+    def _epoch_perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            if len(self._perms) > 2:  # a batch spans at most two epochs
+                self._perms.clear()
+            self._perms[epoch] = np.random.default_rng([self.seed, 1, epoch]).permutation(len(self._train))
+        return self._perms[epoch]
+
+    # --- streaming ------------------------------------------------------------------------------
+
+    def _init_streaming(self) -> None:
+        from datasets import IterableDataset
+
+        head = list(itertools.islice(self._all_documents(streaming=True), self.cfg.val_docs + 1))
+        if len(head) <= self.cfg.val_docs:
+            raise ValueError(f"data.text: the stream has {len(head)} document(s), all held out by "
+                             f"data.text.val_docs={self.cfg.val_docs}; lower it or add data")
+        self._val = self._pack(head[: self.cfg.val_docs], "val")
+
+        def documents():
+            yield from ({"text": d} for d in self._all_documents(streaming=True))
+
+        # shuffling is a buffer shuffle: shuffle_buffer documents at a time, seeded by seed + epoch
+        self._train_stream = IterableDataset.from_generator(documents).skip(self.cfg.val_docs).shuffle(
+            seed=self.seed, buffer_size=self.cfg.shuffle_buffer)
+        self._windows: Iterator[list[int]] | None = None
+        self._next = 0  # index of the window self._windows yields next
+
+    def _stream_windows(self) -> Iterator[list[int]]:
+        buf, produced = [], False
+        for epoch in itertools.count():
+            self._train_stream.set_epoch(epoch)
+            tokens = 0
+            for row in self._train_stream:
+                ids = self._encode(row["text"])
+                tokens += len(ids)
+                buf.extend(ids)
+                while len(buf) >= self._window:
+                    produced = True
+                    yield buf[: self._window]
+                    del buf[: self._window]
+            if not produced:  # a whole epoch without one window: the stream is too short
+                raise self._too_small("train", tokens)
+
+    def _streamed_window(self, k: int) -> list[int]:
+        """Window k of the packed stream; rewinds for an earlier k (a resume or another rank)."""
+        if self._windows is None or k < self._next:
+            self._windows, self._next = self._stream_windows(), 0
+        try:
+            for _ in range(k - self._next):
+                next(self._windows)
+            window = next(self._windows)
+        except BaseException:
+            self._windows = None  # a failed generator cannot resume
+            raise
+        self._next = k + 1
+        return window
+
+    # --- batches --------------------------------------------------------------------------------
+
+    @property
+    def train_seq_len(self) -> int:
+        return self.cfg.seq_len
+
+    @property
+    def num_train_sequences(self) -> int | None:
+        """None when streaming: a stream's length is unknown until it has been read."""
+        return None if self.cfg.streaming else len(self._train)
+
+    @property
+    def num_val_sequences(self) -> int:
+        return len(self._val)
+
+    @staticmethod
+    def _batch(windows: np.ndarray) -> dict[str, torch.Tensor]:
+        ids = torch.from_numpy(np.asarray(windows, dtype=np.int64))
+        return {"input_ids": ids[:, :-1], "target_ids": ids[:, 1:],
+                "loss_mask": torch.ones(ids.shape[0], ids.shape[1] - 1, dtype=torch.bool)}
+
+    def train_batch(self, batch_size: int, step: int, micro: int = 0, rank: int = 0, world: int = 1,
+                    grad_accum: int = 1) -> dict[str, torch.Tensor]:
+        """Micro-batch `micro` of `step` for data-parallel `rank`: a pure function of its indices."""
+        if batch_size < 1 or step < 0 or not 0 <= micro < grad_accum or not 0 <= rank < world:
+            raise ValueError(f"bad batch indices: batch_size={batch_size} step={step} micro={micro}/{grad_accum} "
+                             f"rank={rank}/{world}")
+        g = step * grad_accum + micro
+        if self.cfg.streaming:
+            first = g * batch_size * world + rank  # rank r takes windows r, r + world, ...
+            return self._batch([self._streamed_window(first + i * world) for i in range(batch_size)])
+        n = len(self._train)
+        if batch_size * world > n:
+            raise ValueError(f"data.text: the train split has {n} sequences ({n * self._window} tokens) but one "
+                             f"micro-batch over all ranks needs {batch_size * world} ({batch_size * world * self._window} "
+                             "tokens); add data or lower seq_len / micro_batch_size")
+        idx = (g * world + rank) * batch_size + np.arange(batch_size)
+        rows = [self._epoch_perm(int(e))[o] for e, o in zip(idx // n, idx % n)]
+        return self._batch(self._train[rows])
+
+    def position(self, step: int, grad_accum: int, world: int, batch_size: int) -> dict[str, int]:
+        """Where `step` starts, for checkpoint client state: {"epoch", "offset"} into the epoch's
+        permutation; {"sequences": packed windows before it} when streaming."""
+        idx = step * grad_accum * world * batch_size
+        if self.cfg.streaming:
+            return {"sequences": idx}
+        return {"epoch": idx // len(self._train), "offset": idx % len(self._train)}
+
+    def val_batches(self, batch_size: int) -> list[dict[str, torch.Tensor]]:
+        """Every val window once, in order; the last batch may be smaller."""
+        return [self._batch(self._val[i : i + batch_size]) for i in range(0, len(self._val), batch_size)]

@@ -1,0 +1,159 @@
+"""Tokenizers for text corpora: train a SentencePiece model, load one by spec.
+
+    huginn-db tokenizer train --input FILE [FILE ...] --vocab-size N --out DIR [--model-type bpe|unigram]
+
+Training settings are chosen so that decode(encode(text)) == text for any UTF-8 string:
+byte fallback (no <unk> for unseen characters), the identity normalizer and no whitespace
+collapsing (so spacing and unicode forms survive). Digits are split one per piece, which helps
+arithmetic. Special ids match the reasoning CharTokenizer (pad=0, bos=1, eos=2; unk=3), so
+code that pads with 0 or stops at 2 works for either tokenizer.
+
+A saved tokenizer is a directory holding tokenizer.json ({"type": ...}); `load_tokenizer`
+accepts "reasoning", such a directory, or a SentencePiece .model file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import sentencepiece as spm
+
+SPECIAL_IDS = {"pad_id": 0, "bos_id": 1, "eos_id": 2, "unk_id": 3}
+BYTE_PIECES = 256
+MIN_VOCAB = len(SPECIAL_IDS) + BYTE_PIECES + 1  # specials + byte fallback + at least one character
+MAX_SENTENCES = 2_000_000  # lines sampled for training; more buys little and costs memory
+
+
+def train_sentencepiece(inputs: list[str], vocab_size: int, out_dir: str, model_type: str = "bpe") -> Path:
+    """Trains on plain-text files (one sentence per line); writes out_dir/tokenizer.{model,vocab}."""
+    if not inputs:
+        raise ValueError("no input files given")
+    for name in inputs:
+        path = Path(name)
+        if not path.is_file():
+            raise ValueError(f"input file not found: {name}")
+        if path.stat().st_size == 0:
+            raise ValueError(f"input file is empty: {name}")
+    if model_type not in ("bpe", "unigram"):
+        raise ValueError(f"model_type must be bpe or unigram, got {model_type!r}")
+    if vocab_size < MIN_VOCAB:
+        raise ValueError(f"vocab_size {vocab_size} is too small: byte fallback needs {BYTE_PIECES} pieces "
+                         f"plus {len(SPECIAL_IDS)} specials, so use at least {MIN_VOCAB}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        spm.SentencePieceTrainer.train(
+            input=[str(p) for p in inputs], model_prefix=str(out / "tokenizer"), vocab_size=vocab_size,
+            model_type=model_type, byte_fallback=True, normalization_rule_name="identity",
+            remove_extra_whitespaces=False, split_digits=True, **SPECIAL_IDS,
+            input_sentence_size=MAX_SENTENCES, shuffle_input_sentence=False,  # first N lines: deterministic
+            minloglevel=2)  # the trainer logs hundreds of lines; failures still raise
+    except RuntimeError as err:  # e.g. "INTERNAL: src/x.cc(638) [cond] Vocabulary size too high (N) ..."
+        reason = re.sub(r"^[A-Z_]+: (\S+\(\d+\) \[.*?\] )?", "", str(err)).strip()
+        raise ValueError(f"sentencepiece training failed: {reason}") from None
+    return out / "tokenizer.model"
+
+
+class SentencePieceTokenizer:
+    """A SentencePiece model with the CharTokenizer interface (encode adds no bos/eos)."""
+
+    name = "sentencepiece"
+
+    def __init__(self, model_path: str | Path):
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise ValueError(f"tokenizer model not found: {model_path}")
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
+        except RuntimeError:
+            raise ValueError(f"{model_path} is not a sentencepiece model") from None
+        self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
+        # models trained elsewhere may have no pad piece (-1); padding with eos is then harmless
+        self.pad_id = self.sp.pad_id() if self.sp.pad_id() >= 0 else self.eos_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text)
+
+    def decode(self, ids) -> str:
+        """Text up to the first eos; pad and bos are dropped (as CharTokenizer.decode does)."""
+        out = []
+        for i in ids:
+            i = int(i)
+            if i == self.eos_id:
+                break
+            if i not in (self.pad_id, self.bos_id):
+                out.append(i)
+        return self.sp.decode(out)
+
+    def save(self, directory: str | Path) -> None:
+        target = Path(directory, "tokenizer.model")
+        if not (target.exists() and target.samefile(self.model_path)):
+            shutil.copyfile(self.model_path, target)
+        Path(directory, "tokenizer.json").write_text(json.dumps({"type": self.name, "model": target.name}))
+
+
+def load_tokenizer(spec: str | Path):
+    """`"reasoning"`, a .model file, or a directory with tokenizer.json (as written by save())."""
+    from huginn_db.data.reasoning import CharTokenizer  # imports torch: kept out of the CLI's start-up
+
+    if str(spec) == "reasoning":
+        return CharTokenizer()
+    path = Path(spec)
+    if path.is_file() and path.suffix == ".model":
+        return SentencePieceTokenizer(path)
+    meta_path = path / "tokenizer.json"
+    if path.is_dir() and meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError:
+            raise ValueError(f"{meta_path} is not valid JSON") from None
+        kind = meta.get("type") if isinstance(meta, dict) else None
+        if kind == "reasoning":
+            return CharTokenizer()
+        if kind == "sentencepiece":
+            return SentencePieceTokenizer(path / meta.get("model", "tokenizer.model"))
+        raise ValueError(f"{meta_path}: unknown tokenizer type {kind!r} (expected reasoning or sentencepiece)")
+    raise ValueError(f"unknown tokenizer {str(spec)!r}: expected 'reasoning', a .model file, "
+                     "or a directory holding tokenizer.json")
+
+
+def _sample_text(path: str, limit: int = 2000) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read(limit)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="huginn-db tokenizer", description="Train a SentencePiece tokenizer.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    tr = sub.add_parser("train", help="train on plain-text files (one sentence or paragraph per line)")
+    tr.add_argument("--input", nargs="+", required=True, metavar="FILE")
+    tr.add_argument("--vocab-size", type=int, required=True)
+    tr.add_argument("--out", required=True, metavar="DIR")
+    tr.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
+    args = ap.parse_args(argv)
+    try:
+        path = train_sentencepiece(args.input, args.vocab_size, args.out, args.model_type)
+        tok = SentencePieceTokenizer(path)
+        tok.save(args.out)
+    except ValueError as err:
+        print(f"huginn-db: error: {err}", file=sys.stderr)
+        return 2
+    sample = _sample_text(args.input[0])
+    ids = tok.encode(sample)
+    ok = tok.decode(ids) == sample
+    print(path)
+    print(f"round-trip {'ok' if ok else 'FAILED'}: {len(sample)} characters of {args.input[0]} -> {len(ids)} tokens "
+          f"(vocab {tok.vocab_size})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Multi-process DeepSpeed on CPU (gloo): ZeRO stages, loss-curve equivalence, kill/resume, export."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from huginn_db.checkpoint import consolidated_state_dict, load_run
+from tests.conftest import RECIPES
+
+pytestmark = pytest.mark.slow
+
+TINY = ["model.hidden=64", "model.mlp_hidden=128", "data.reasoning.test_examples=10",
+        "data.reasoning.test_difficulties=[1,2]", "eval.num_steps=[1,2]", "objective.bptt.mean_recurrence=4",
+        "train.warmup_steps=2", "train.log_every=1", "train.precision=fp32", "train.threads=1"]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(objective: str, run: Path, *overrides: str, nproc: int = 1, wait: bool = True):
+    args = [str(RECIPES / f"demo-{objective}.yaml"), f"run_dir={run}", *TINY, *overrides]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "huginn_db.train", *args]
+    else:
+        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", str(nproc),
+               "--master_port", str(_port()), "--module", "huginn_db.train", *args]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
+    return proc
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("objective,stage", [("db", 3), ("bptt", 3), ("db", 1), ("bptt", 2)])
+def test_two_process_zero(objective, stage, tmp_path):
+    run = tmp_path / "run"
+    launch(objective, run, "train.max_steps=4", "train.micro_batch_size=8", f"deepspeed=deepspeed/zero{stage}.json", nproc=2)
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["tokens"] == 4 * 2 * 8 * rows[0]["tokens"] // (2 * 8)  # both ranks counted
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    if objective == "bptt":  # lock-step r: every rank ran the same number of iterations (no hang)
+        assert all(r["r"] >= 1 for r in rows)
+    assert json.loads((run / "eval" / "final.json").read_text())["accuracy"]
+    state = consolidated_state_dict(run)
+    _, model, _ = load_run(run)
+    assert state["wte.weight"].shape == model.wte.weight.shape and state["wte.weight"].abs().sum() > 0
+
+
+def test_two_process_loss_curve_matches_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["train.max_steps=10", "train.micro_batch_size=8", "train.lr=0.003"]
+    launch("db", one, *common, "train.grad_accum=2", nproc=1)
+    launch("db", two, *common, "train.grad_accum=1", nproc=2)
+    a, b = metrics(one), metrics(two)
+    assert len(a) == len(b) == 10
+    assert a[-1]["tokens"] == b[-1]["tokens"]
+    for x, y in zip(a, b):
+        assert abs(x["loss"] - y["loss"]) < 1e-5, (x["step"], x["loss"], y["loss"])
+    assert a[0]["loss"] != a[-1]["loss"]  # it actually trained
+
+
+@pytest.mark.parametrize("stage", [0, 3])
+def test_killed_run_resumes_to_identical_result(stage, tmp_path):
+    common = ["train.max_steps=12", "train.micro_batch_size=8", "train.save_every=4",
+              f"deepspeed=deepspeed/zero{stage}.json"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    launch("bptt", full, *common)
+
+    proc = launch("bptt", killed, *common, wait=False)
+    latest = killed / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while not (latest.is_file() and latest.read_text().strip() == "step8") and time.time() < deadline:
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest.read_text().strip() == "step8"
+    launch("bptt", killed, *common, "resume=auto")
+
+    a, b = metrics(full), metrics(killed)
+    assert [r["step"] for r in b] == list(range(1, 13))
+    assert [(r["loss"], r["tokens"], r["r"]) for r in a] == [(r["loss"], r["tokens"], r["r"]) for r in b]
+    wa, wb = consolidated_state_dict(full), consolidated_state_dict(killed)
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_export_to_safetensors_loads_without_deepspeed(tmp_path):
+    run, out = tmp_path / "run", tmp_path / "export"
+    launch("db", run, "train.max_steps=2", "train.micro_batch_size=4")
+    proc = subprocess.run([sys.executable, "-m", "huginn_db.cli", "export", str(run), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "model.safetensors").is_file() and (out / "config.yaml").is_file()
+    _, from_export, obj = load_run(out)
+    _, from_ckpt, _ = load_run(run)
+    for (k, a), (_, b) in zip(from_export.state_dict().items(), from_ckpt.state_dict().items()):
+        assert torch.equal(a, b), k
+    ids = torch.tensor([[1, 5, 6, 7]])
+    g = lambda: torch.Generator().manual_seed(0)
+    assert torch.equal(obj.logits(from_export, ids, 2, generator=g()), obj.logits(from_ckpt, ids, 2, generator=g()))

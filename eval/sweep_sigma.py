@@ -23,7 +23,7 @@ def main() -> int:
     ap.add_argument("--k", default="8", help="test-time iterations to show per difficulty")
     ap.add_argument("--out", default="runs/sigma-sweep")
     ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
     rows = []
     for pm in args.p_mean:
         for seed in args.seeds:

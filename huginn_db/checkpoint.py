@@ -35,11 +35,10 @@ def consolidated_state_dict(run_dir: str | Path, tag: str | None = None) -> dict
     """Full fp32 module weights from a DeepSpeed checkpoint of any ZeRO stage."""
     ckpt = Path(run_dir) / "checkpoints"
     tag = tag or latest_tag(run_dir)
-    states = torch.load(ckpt / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-    module = states["module"]
-    if all(t.numel() > 0 for t in module.values()):  # ZeRO 0–2 keep whole weights here
-        return {k: v.float() for k, v in module.items()}
-    # ZeRO-3 leaves placeholders: rebuild from the partitioned optimizer shards
+    whole = ckpt / tag / "mp_rank_00_model_states.pt"  # ZeRO 0–2 keep whole weights here
+    if whole.is_file():
+        return {k: v.float() for k, v in torch.load(whole, map_location="cpu", weights_only=False)["module"].items()}
+    # ZeRO-3 writes per-rank shards only: rebuild from the partitioned fp32 optimizer state
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag)

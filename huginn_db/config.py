@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from huginn_db.data.reasoning import ReasoningConfig
+from huginn_db.data.text import TextConfig
 from huginn_db.model import ModelConfig
 from huginn_db.objectives import BPTTConfig, DiffusionBlocksConfig
 
@@ -33,8 +34,9 @@ class ObjectiveConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "reasoning"
+    name: str = "reasoning"  # reasoning (embedded, generated) | text (files or hub via datasets)
     reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)
+    text: TextConfig = field(default_factory=TextConfig)
 
 
 @dataclass
@@ -61,6 +63,9 @@ class TrainConfig:
 class EvalConfig:
     num_steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])  # test-time iterations
     batch_size: int = 500
+    max_val_batches: int = 8  # text runs: validation loss over at most this many batches
+    every: int = 0  # in-training evaluation every N steps (0: off), logged to metrics.jsonl
+    every_examples: int = 50  # reasoning examples per difficulty for in-training evaluation
 
 
 @dataclass
@@ -186,8 +191,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("train: micro_batch_size and grad_accum must be >= 1, max_steps >= 0")
     if cfg.resume not in ("never", "auto"):
         raise ConfigError(f"resume must be never|auto, got {cfg.resume!r}")
-    if cfg.data.name != "reasoning":
-        raise ConfigError(f"data.name must be 'reasoning', got {cfg.data.name!r}")
+    if cfg.data.name not in ("reasoning", "text"):
+        raise ConfigError(f"data.name must be reasoning|text, got {cfg.data.name!r}")
+    if cfg.data.name == "text" and cfg.data.text.seq_len > cfg.model.context:
+        raise ConfigError(f"data.text.seq_len={cfg.data.text.seq_len} exceeds model.context={cfg.model.context}")
 
 
 def to_dict(cfg) -> dict:

@@ -11,13 +11,19 @@ from huginn_db.objectives import generate
 
 @torch.no_grad()
 def reasoning_accuracy(objective, model, corpus: ReasoningCorpus, num_steps: list[int],
-                       batch_size: int = 500, seed: int = 0, device="cpu") -> dict[str, dict[str, float]]:
+                       batch_size: int = 500, seed: int = 0, device="cpu",
+                       limit: int | None = None) -> dict[str, dict[str, float]]:
     """{str(K): {'d1': acc, …, 'mean': acc}} for each test-time iteration count K.
 
     Prompts are grouped by token length so batches need no padding; decoding is greedy and,
     for DiffusionBlocks, seeded (the sampler starts from noise).
     """
     tok, examples = corpus.tokenizer, corpus.test_set()
+    if limit is not None:  # the first `limit` problems of each difficulty
+        per = defaultdict(list)
+        for ex in examples:
+            per[ex["difficulty"]].append(ex)
+        examples = [ex for exs in per.values() for ex in exs[:limit]]
     groups = defaultdict(list)
     for i, ex in enumerate(examples):
         groups[len(ex["prompt"])].append(i)
@@ -38,7 +44,33 @@ def reasoning_accuracy(objective, model, corpus: ReasoningCorpus, num_steps: lis
     return out
 
 
+@torch.no_grad()
+def text_validation(objective, model, corpus, num_steps: list[int], batch_size: int, max_batches: int,
+                    seed: int = 0, device="cpu") -> dict[str, dict[str, float]]:
+    """{str(K): {'loss': nats/token, 'ppl': e^loss}} on held-out packed text at each depth K.
+
+    For DiffusionBlocks these are the logits of the last denoiser evaluation of a K-step
+    sampler run from noise (K=1: the context-only prediction at σ_max).
+    """
+    batches = corpus.val_batches(batch_size)[:max_batches]
+    was_training = model.training
+    model.eval()
+    out = {}
+    for K in num_steps:
+        g = torch.Generator().manual_seed(seed)
+        nll, n = 0.0, 0
+        for b in batches:
+            logits = objective.logits(model, b["input_ids"].to(device), K, generator=g)
+            nll += torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), b["target_ids"].to(device).flatten(),
+                                                     reduction="sum").item()
+            n += b["target_ids"].numel()
+        out[str(K)] = {"loss": nll / n, "ppl": float(torch.tensor(nll / n).exp())}
+    model.train(was_training)
+    return out
+
+
 def format_accuracy_table(acc: dict[str, dict[str, float]]) -> str:
+    """Markdown rows per test-time depth; works for accuracy and validation-loss dicts alike."""
     cols = list(next(iter(acc.values())).keys())
     lines = ["iters | " + " | ".join(cols), "---" + " | ---" * len(cols)]
     for K, row in acc.items():

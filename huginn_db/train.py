@@ -26,7 +26,8 @@ import yaml
 
 from huginn_db.config import ConfigError, RunConfig, load_config, to_dict
 from huginn_db.data.reasoning import ReasoningCorpus
-from huginn_db.evaluate import format_accuracy_table, reasoning_accuracy
+from huginn_db.data.text import TextCorpus
+from huginn_db.evaluate import format_accuracy_table, reasoning_accuracy, text_validation
 from huginn_db.model import RecurrentDepthLM
 from huginn_db.objectives import OBJECTIVES
 
@@ -46,12 +47,30 @@ def build_model(cfg: RunConfig, objective, vocab_size: int) -> RecurrentDepthLM:
     return RecurrentDepthLM(mc)
 
 
-def build_corpus(cfg: RunConfig) -> ReasoningCorpus:
+def build_corpus(cfg: RunConfig):
+    if cfg.data.name == "text":
+        try:
+            return TextCorpus(cfg.data.text, cfg.seed)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(str(err)) from None
     corpus = ReasoningCorpus(cfg.data.reasoning, cfg.seed)
     need = corpus.max_length(cfg.data.reasoning.test_difficulties)
     if need > cfg.model.context:
         raise ConfigError(f"model.context={cfg.model.context} is shorter than the longest reasoning example ({need} tokens); raise model.context")
     return corpus
+
+
+def evaluate(cfg: RunConfig, objective, model, corpus, device, num_steps: list[int] | None = None,
+             examples: int | None = None) -> dict:
+    """Scores per test-time depth: answer accuracy (reasoning) or validation loss (text).
+
+    `examples` caps the reasoning test set per difficulty (in-training evaluation)."""
+    num_steps = num_steps or cfg.eval.num_steps
+    if cfg.data.name == "text":
+        return {"validation": text_validation(objective, model, corpus, num_steps, cfg.train.micro_batch_size,
+                                              cfg.eval.max_val_batches, seed=cfg.seed, device=device)}
+    return {"accuracy": reasoning_accuracy(objective, model, corpus, num_steps, cfg.eval.batch_size,
+                                           seed=cfg.seed, device=device, limit=examples)}
 
 
 def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
@@ -228,15 +247,26 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
             window.append(loss.item())
         dt = time.perf_counter() - t0
         done = step + 1
-        if rank == 0 and (done % cfg.train.log_every == 0 or done == cfg.train.max_steps):
-            rec = {"step": done, "loss": sum(window) / len(window), "tokens": tokens,
-                   "seconds": dt, "elapsed": time.perf_counter() - t_start,
-                   "lr": engine.get_lr()[0], **stats}
-            metrics.write(json.dumps(rec) + "\n")
-            metrics.flush()
-            bar.set_postfix(loss=f"{rec['loss']:.3f}")
-        if done % cfg.train.log_every == 0:
+        if done % cfg.train.log_every == 0 or done == cfg.train.max_steps:
+            # the logged loss is the mean over every rank's micro-batches (a collective)
+            mean_loss = torch.tensor(sum(window) / len(window), dtype=torch.float64)
+            torch.distributed.all_reduce(mean_loss)
             window = []
+            if rank == 0:
+                rec = {"step": done, "loss": mean_loss.item() / world, "tokens": tokens,
+                       "seconds": dt, "elapsed": time.perf_counter() - t_start,
+                       "lr": engine.get_lr()[0], **stats}
+                metrics.write(json.dumps(rec) + "\n")
+                metrics.flush()
+                bar.set_postfix(loss=f"{rec['loss']:.3f}")
+        if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.train.max_steps:
+            model_eval = evaluation_model(engine, cfg, rank)  # collective under ZeRO-3
+            if rank == 0:
+                with autocast:
+                    scores = evaluate(cfg, objective, model_eval, corpus, device, [objective.default_num_steps],
+                                      cfg.eval.every_examples)
+                metrics.write(json.dumps({"step": done, "tokens": tokens, **scores}) + "\n")
+                metrics.flush()
         if cfg.train.save_every and done % cfg.train.save_every == 0 and done < cfg.train.max_steps:
             save(engine, run, done, tokens, corpus, cfg, world)
 
@@ -248,10 +278,10 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
     model = evaluation_model(engine, cfg, rank)
     if rank == 0:
         with autocast:
-            acc = reasoning_accuracy(objective, model, corpus, cfg.eval.num_steps,
-                                     cfg.eval.batch_size, seed=cfg.seed, device=device)
+            summary.update(evaluate(cfg, objective, model, corpus, device))
         last = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-        summary.update(final_loss=last[-1]["loss"] if last else None, accuracy=acc)
+        losses = [r["loss"] for r in last if "loss" in r]
+        summary["final_loss"] = losses[-1] if losses else None
         (run / "eval").mkdir(exist_ok=True)
         (run / "eval" / "final.json").write_text(json.dumps(summary, indent=2))
     if metrics:
@@ -276,10 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-    if "accuracy" in summary:
+    if "final_loss" in summary:
         print(f"{summary['objective']}: final loss {summary['final_loss']:.4f}, "
               f"{summary['tokens']} tokens in {summary['train_seconds']:.1f}s")
-        print(format_accuracy_table(summary["accuracy"]))
+        print(format_accuracy_table(summary.get("accuracy") or summary["validation"]))
     return 0
 
 

@@ -161,18 +161,27 @@ def _write(path, data):
     return path.name
 
 
-@pytest.mark.parametrize("name, data, kw, message", [
-    ("missing.jsonl", None, {}, r"file not found: {root}/missing.jsonl \('missing.jsonl' resolved against data_root {root}\)"),
+ERRORS = [  # file name, content (None: absent), config, expected message ({root}: the data root)
+    ("missing.jsonl", None, {},
+     r"file not found: {root}/missing.jsonl \('missing.jsonl' resolved against data_root {root}\)"),
     ("empty.txt", "", {}, r"file is empty: {root}/empty.txt$"),
     ("blank.txt", " \n\n\t\n", {}, r"{root}/blank.txt holds no documents"),
     ("bad.jsonl", '{"text": "ab"}\nnot json\n', {}, r"{root}/bad.jsonl is not valid JSON / JSON lines \(.+\)$"),
-    ("qa.jsonl", '{"question": "a", "answer": "b"}\n', {}, r"qa.jsonl has no field 'text' \(columns: question, answer\); set data.text.text_field"),
+    ("qa.jsonl", '{"question": "a", "answer": "b"}\n', {},
+     r"qa.jsonl has no field 'text' \(columns: question, answer\); set data.text.text_field"),
     ("num.jsonl", '{"text": 5}\n', {}, r"num.jsonl: field 'text' holds int, not text"),
-    ("latin1.txt", b"abc\n\ncaf\xe9\n", {}, r"{root}/latin1.txt is not valid UTF-8 \(invalid continuation byte: byte b'\\xe9'\)"),
-    ("table.csv", "text\nab\n", {}, r"cannot tell the format of {root}/table.csv from its extension; set data.text.format"),
-    ("upper.txt", "Hello\n\nWorld\n", {}, r"data.text.tokenizer='reasoning' cannot encode this corpus: character 'H' is not in the reasoning alphabet; train one"),
-    ("small.txt", "abc\n\nabd\n\nabe\n", {"val_fraction": 0.3}, r"the train split has 8 tokens but one sequence needs seq_len \+ 1 = 10; add data or lower data.text.seq_len"),
-])
+    ("latin1.txt", b"abc\n\ncaf\xe9\n", {},
+     r"{root}/latin1.txt is not valid UTF-8 \(invalid continuation byte: byte b'\\xe9'\)"),
+    ("table.csv", "text\nab\n", {},
+     r"cannot tell the format of {root}/table.csv from its extension; set data.text.format"),
+    ("upper.txt", "Hello\n\nHowdy\n", {},
+     r"data.text.tokenizer='reasoning' cannot encode this corpus: character 'H' is not in the reasoning alphabet"),
+    ("small.txt", "abc\n\nabd\n\nabe\n", {"val_fraction": 0.3},
+     r"the train split has 8 tokens but one sequence needs seq_len \+ 1 = 10; add data or lower data.text.seq_len"),
+]
+
+
+@pytest.mark.parametrize("name, data, kw, message", ERRORS, ids=[e[0] for e in ERRORS])
 def test_error_messages(tmp_path, name, data, kw, message):
     if data is not None:
         _write(tmp_path / name, data)
@@ -188,6 +197,8 @@ def test_corpus_too_small_for_one_batch_and_bad_config(tmp_path):
         c.train_batch(13, step=0, rank=0, world=2)
     with pytest.raises(ValueError, match="set exactly one of files"):
         TextCorpus(TextConfig(), seed=0)
+    with pytest.raises(ValueError, match="data.text.tokenizer: unknown tokenizer .gpt2."):
+        _corpus(files=[str(tmp_path / "d.jsonl")], tokenizer="gpt2")
     with pytest.raises(ValueError, match="data.text.format must be"):
         TextCorpus(TextConfig(files=["x"], format="csv"), seed=0)
 

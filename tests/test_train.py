@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 SMALL = ["train.max_steps=60", "train.micro_batch_size=32", "train.warmup_steps=5", "train.log_every=5",
          "model.hidden=64", "model.mlp_hidden=128", "data.reasoning.test_examples=20",
-         "data.reasoning.test_difficulties=[1,2]", "eval.num_steps=[1,2,4]", "objective.bptt.mean_recurrence=4"]
+         "data.reasoning.test_difficulties=[1,2]", "eval.num_steps=[1,2,4]", "objective.bptt.mean_recurrence=4",
+         "eval.every=30", "eval.every_examples=5"]
 
 
 @pytest.mark.parametrize("objective", ["db", "bptt"])
@@ -27,8 +28,12 @@ def test_training_lowers_loss_and_model_evaluates_at_several_depths(objective, t
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "d1" in proc.stdout  # the accuracy table is printed
 
-    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in records if "loss" in r]
     assert [r["step"] for r in rows] == list(range(5, 61, 5))
+    # in-training evaluation (eval.every=30) at the objective's default depth
+    evals = [r for r in records if "accuracy" in r]
+    assert [r["step"] for r in evals] == [30] and set(evals[0]["accuracy"]) == {str(8 if objective == "db" else 4)}
     assert rows[-1]["tokens"] == 60 * 32 * rows[0]["tokens"] // (5 * 32)
     assert rows[-1]["loss"] < 0.6 * rows[0]["loss"], [r["loss"] for r in rows]
     stat = "r" if objective == "bptt" else "sigma_mean"
@@ -56,3 +61,40 @@ def test_existing_run_dir_is_not_overwritten(tmp_path):
     assert proc.returncode == 2
     assert "already holds a run" in proc.stderr
     assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+@pytest.mark.parametrize("objective", ["db", "bptt"])
+def test_text_recipe_trains_on_local_text(objective, tmp_path, data_root):
+    from huginn_db.tokenizer import train_sentencepiece
+
+    text = (data_root / "tinystories" / "tinystories_val.txt").read_text()[:300_000]
+    (tmp_path / "ts.txt").write_text(text)
+    tok = train_sentencepiece([str(tmp_path / "ts.txt")], 1000, str(tmp_path / "tok"))
+    run = tmp_path / objective
+    proc = subprocess.run(
+        [sys.executable, "-m", "huginn_db.cli", "train", str(RECIPES / f"text-small-{objective}.yaml"),
+         f"run_dir={run}", f"data.text.data_root={data_root}", f"data.text.tokenizer={tok}",
+         "train.max_steps=30", "train.micro_batch_size=8", "train.warmup_steps=3", "train.log_every=5",
+         "model.hidden=64", "model.mlp_hidden=128", "data.text.seq_len=64", "eval.num_steps=[1,2]",
+         "eval.max_val_batches=2", "objective.bptt.mean_recurrence=3"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.5  # from ~ln(1000)=6.9 nats towards unigram
+    final = json.loads((run / "eval" / "final.json").read_text())
+    assert set(final["validation"]) == {"1", "2"}
+    assert all(v["loss"] < 7.5 for v in final["validation"].values())
+    assert (run / "tokenizer.model").is_file() and rows[-1]["tokens"] == 30 * 8 * 64
+
+
+def test_paper_and_huginn_recipes_load_and_report_parameters():
+    from huginn_db.config import load_config
+    from huginn_db.model import RecurrentDepthLM
+
+    for name, low, high in [("paper-lm1b", 48e6, 56e6), ("huginn-3.5b", 3.4e9, 3.7e9)]:
+        for obj in ("db", "bptt"):
+            cfg = load_config(RECIPES / f"{name}-{obj}.yaml")
+            cfg.model.sigma_conditioning = obj == "db"
+            with torch.device("meta"):
+                n = RecurrentDepthLM(cfg.model).num_parameters()["total"]
+            assert low < n < high, (name, obj, n)

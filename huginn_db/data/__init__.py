@@ -1,1 +1,1 @@
-"""Training data: the embedded reasoning corpus (default) and, later, text corpora."""
+"""Training data: the embedded reasoning corpus (default) and text corpora through `datasets`."""

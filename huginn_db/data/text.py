@@ -105,7 +105,10 @@ class TextCorpus:
     def __init__(self, cfg: TextConfig, seed: int):
         self.cfg, self.seed = cfg, seed
         self._check_config()
-        self.tokenizer = load_tokenizer(cfg.tokenizer)
+        try:
+            self.tokenizer = load_tokenizer(cfg.tokenizer)
+        except ValueError as err:
+            raise ValueError(f"data.text.tokenizer: {err}") from None
         self._sources = self._resolve_sources()
         self._window = cfg.seq_len + 1
         self._perms: dict[int, np.ndarray] = {}
@@ -138,7 +141,7 @@ class TextCorpus:
         for name in cfg.files:
             path = Path(name).expanduser()
             if not path.is_absolute():
-                path = Path(root or ".", path).resolve()
+                path = Path(root or ".", path).expanduser().resolve()
             if not path.is_file():
                 where = f"data_root {root}" if root else "the working directory"
                 raise ValueError(f"data.text: file not found: {path} ({name!r} resolved against {where})")
@@ -323,10 +326,11 @@ class TextCorpus:
             first = g * batch_size * world + rank  # rank r takes windows r, r + world, ...
             return self._batch([self._streamed_window(first + i * world) for i in range(batch_size)])
         n = len(self._train)
-        if batch_size * world > n:
+        need = batch_size * world
+        if need > n:
             raise ValueError(f"data.text: the train split has {n} sequences ({n * self._window} tokens) but one "
-                             f"micro-batch over all ranks needs {batch_size * world} ({batch_size * world * self._window} "
-                             "tokens); add data or lower seq_len / micro_batch_size")
+                             f"micro-batch over all ranks needs {need} ({need * self._window} tokens); "
+                             "add data or lower seq_len / micro_batch_size")
         idx = (g * world + rank) * batch_size + np.arange(batch_size)
         rows = [self._epoch_perm(int(e))[o] for e, o in zip(idx // n, idx % n)]
         return self._batch(self._train[rows])

@@ -2,6 +2,9 @@
 
     huginn-db train RECIPE.yaml [dotted.key=value ...]   train one recipe (see huginn_db.train)
     huginn-db demo [dotted.key=value ...]                train demo-db and demo-bptt, print both
+    huginn-db compare RECIPE.yaml [--mode step|compute] [--seeds ...] [key=value ...]
+                                                         train DB and BPTT, lm-eval both, report
+    huginn-db report RUN_DIR [RUN_DIR ...]               rebuild report.md and plots from runs
     huginn-db export RUN_DIR --out DIR                   consolidated safetensors + config
     huginn-db tokenizer train --input F... --vocab-size N --out DIR
 """
@@ -51,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         return train_main(rest)
     if cmd == "demo":
         return _demo(rest)
+    if cmd in ("compare", "report"):
+        from huginn_db import compare
+
+        return compare.main_compare(rest) if cmd == "compare" else compare.main_report(rest)
     if cmd == "export":
         from huginn_db.checkpoint import main as export_main
 
@@ -59,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         from huginn_db.tokenizer import main as tokenizer_main
 
         return tokenizer_main(rest)
-    print(f"huginn-db: error: unknown command {cmd!r} (try train, demo, export, tokenizer)", file=sys.stderr)
+    print(f"huginn-db: error: unknown command {cmd!r} (try train, demo, compare, report, export, tokenizer)", file=sys.stderr)
     return 2
 
 

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import resource
 import shutil
 import socket
 import sys
@@ -117,6 +118,13 @@ def fast_bf16(device: torch.device) -> bool:
 def autocast_context(precision: str, device: torch.device):
     use_bf16 = precision == "bf16" or (precision == "auto" and fast_bf16(device))
     return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: peak allocated by torch; CPU: the process's peak resident set size."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def init_distributed() -> None:
@@ -229,6 +237,7 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
                  world, zero_stage(engine))
 
     metrics = (run / "metrics.jsonl").open("a") if rank == 0 else None
+    rss_before = peak_memory_bytes(device)  # CPU: what model, engine and data already hold
     t_start = time.perf_counter()
     bar = tqdm(range(start, cfg.train.max_steps), initial=start, total=cfg.train.max_steps,
                disable=not progress or rank != 0, desc=objective.name,
@@ -255,7 +264,8 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
             if rank == 0:
                 rec = {"step": done, "loss": mean_loss.item() / world, "tokens": tokens,
                        "seconds": dt, "elapsed": time.perf_counter() - t_start,
-                       "lr": engine.get_lr()[0], **stats}
+                       "lr": engine.get_lr()[0], "peak_memory_bytes": peak_memory_bytes(device),
+                       "peak_memory_delta_bytes": peak_memory_bytes(device) - rss_before, **stats}
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
                 bar.set_postfix(loss=f"{rec['loss']:.3f}")
@@ -275,10 +285,11 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
         save(engine, run, cfg.train.max_steps, tokens, corpus, cfg, world)
     summary = {"objective": objective.name, "steps": cfg.train.max_steps, "tokens": tokens,
                "train_seconds": train_seconds, "params": n_params}
-    model = evaluation_model(engine, cfg, rank)
+    model = evaluation_model(engine, cfg, rank) if cfg.eval.num_steps else None
     if rank == 0:
-        with autocast:
-            summary.update(evaluate(cfg, objective, model, corpus, device))
+        if model is not None:
+            with autocast:
+                summary.update(evaluate(cfg, objective, model, corpus, device))
         last = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
         losses = [r["loss"] for r in last if "loss" in r]
         summary["final_loss"] = losses[-1] if losses else None
@@ -309,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     if "final_loss" in summary:
         print(f"{summary['objective']}: final loss {summary['final_loss']:.4f}, "
               f"{summary['tokens']} tokens in {summary['train_seconds']:.1f}s")
-        print(format_accuracy_table(summary.get("accuracy") or summary["validation"]))
+        if summary.get("accuracy") or summary.get("validation"):
+            print(format_accuracy_table(summary.get("accuracy") or summary["validation"]))
     return 0
 
 

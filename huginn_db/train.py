@@ -16,6 +16,7 @@ import os
 import random
 import resource
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -125,6 +126,31 @@ def peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+class NonFiniteLoss(RuntimeError):
+    """A non-finite training loss: the run stops at that step, before the update."""
+
+
+class Preemption:
+    """SIGTERM/SIGINT (cluster preemption, Ctrl-C) ask for a checkpoint at the next step end."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handler(self, signum, frame):
+        self.requested = True
+
+    def agreed(self) -> bool:
+        """True on every rank once any rank was signalled (a collective)."""
+        flag = torch.tensor(float(self.requested))
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def restore(self):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
 
 
 def init_distributed() -> None:
@@ -243,6 +269,7 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
                disable=not progress or rank != 0, desc=objective.name,
                mininterval=0.5 if sys.stderr.isatty() else 30)  # keep piped logs short
     window = []
+    preemption = Preemption()
     for step in bar:
         t0 = time.perf_counter()
         for micro in range(cfg.train.grad_accum):
@@ -250,6 +277,12 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast:
                 loss, stats = objective.loss(engine, batch, step, (step * cfg.train.grad_accum + micro) * world + rank)
+            # every rank must agree before backward, or the gradient all-reduce would hang
+            bad = torch.tensor(float(not torch.isfinite(loss.detach())))
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+            if bad.item():
+                raise NonFiniteLoss(f"loss became non-finite at step {step + 1} (micro-batch {micro}); "
+                                    f"nothing was saved after the last good checkpoint in {run / 'checkpoints'}")
             engine.backward(loss)
             engine.step()
             tokens += batch["input_ids"].numel() * world
@@ -279,6 +312,13 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
                 metrics.flush()
         if cfg.train.save_every and done % cfg.train.save_every == 0 and done < cfg.train.max_steps:
             save(engine, run, done, tokens, corpus, cfg, world)
+        if done < cfg.train.max_steps and preemption.agreed():
+            save(engine, run, done, tokens, corpus, cfg, world)
+            log.warning("signal received: checkpoint saved at step %d; continue with resume=auto", done)
+            preemption.restore()
+            torch.distributed.barrier()
+            return {"objective": objective.name, "steps": done, "preempted": True}
+    preemption.restore()
 
     train_seconds = time.perf_counter() - t_start
     if start < cfg.train.max_steps or not (run / "checkpoints" / "latest").is_file():
@@ -314,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"huginn-db: error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteLoss as err:
+        print(f"huginn-db: error: {err}", file=sys.stderr)
+        return 3
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

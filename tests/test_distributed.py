@@ -115,3 +115,30 @@ def test_export_to_safetensors_loads_without_deepspeed(tmp_path):
     ids = torch.tensor([[1, 5, 6, 7]])
     g = lambda: torch.Generator().manual_seed(0)
     assert torch.equal(obj.logits(from_export, ids, 2, generator=g()), obj.logits(from_ckpt, ids, 2, generator=g()))
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
+    run = tmp_path / "run"
+    common = ["train.max_steps=400", "train.micro_batch_size=8"]
+    proc = launch("db", run, *common, wait=False)
+    deadline = time.time() + 300
+    while (not (run / "metrics.jsonl").is_file() or len((run / "metrics.jsonl").read_text().splitlines()) < 3) \
+            and time.time() < deadline:
+        assert proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    stopped = int((run / "checkpoints" / "latest").read_text().strip().removeprefix("step"))
+    assert 3 <= stopped < 400
+    launch("db", run, "train.max_steps=" + str(stopped + 2), "train.micro_batch_size=8", "resume=auto")
+    assert [r["step"] for r in metrics(run)] == list(range(1, stopped + 3))
+
+
+def test_non_finite_loss_stops_the_run_with_the_step(tmp_path):
+    run = tmp_path / "run"
+    args = [str(RECIPES / "demo-db.yaml"), f"run_dir={run}", *TINY, "train.max_steps=30", "train.micro_batch_size=8",
+            "train.lr=1e30", "train.warmup_steps=1", "train.grad_clip=0"]
+    proc = subprocess.run([sys.executable, "-m", "huginn_db.train", *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "loss became non-finite at step" in proc.stderr
+    assert not (run / "checkpoints" / "latest").exists()  # nothing written after the last good state

@@ -9,6 +9,11 @@ RoPE, gated-SiLU MLP, biases on q/k only, tied embeddings scaled by √h, "takas
 random initial state. With `sigma_conditioning` the core and coda blocks carry AdaLN-Zero
 modulation from a σ embedding (DiT), so the same network can act as a DiffusionBlocks
 denoiser; the modulation is zero-initialised, i.e. training starts from the plain block.
+
+Incremental decoding: a `KVCache` passed to encode/core_step/decode/recur/denoise keeps the
+keys and values of every attention call (prelude layer, core layer × iteration, coda layer ×
+denoiser evaluation) for the positions already seen, so a pass over new positions attends
+to them without recomputing them; RoPE is applied at the new positions' absolute offsets.
 """
 from __future__ import annotations
 
@@ -78,6 +83,47 @@ def _cached_backend(requested: str, device_type: str) -> str:
     return backend
 
 
+# --- incremental decoding -----------------------------------------------------------------
+
+class KVCache:
+    """Keys/values of past positions, one entry per attention call of a forward pass.
+
+    A looped model makes prelude_layers + core_layers·r + coda_layers attention calls per pass
+    (DiffusionBlocks: core and coda once per denoiser evaluation). A pass over new positions
+    run at the same depth and with the same sampler makes the same calls in the same order as
+    the pass that filled the cache, so the i-th call of every pass extends entry i: keys and
+    values are cached per (block, loop iteration) without naming either. `encode` opens a pass.
+    """
+
+    _SAME = "cached passes must run at the same depth with the same sampler"
+
+    def __init__(self):
+        self.keys: list[torch.Tensor] = []  # (B, S, H, D) per attention call
+        self.values: list[torch.Tensor] = []
+        self.length = 0  # positions cached, including the current pass's
+        self.offset = 0  # absolute position of the current pass's first token
+        self._call = 0
+
+    def start(self, num_new: int) -> None:
+        if self._call != len(self.keys):
+            raise RuntimeError(f"the previous pass made {self._call} attention calls, the cache holds "
+                               f"{len(self.keys)}: {self._SAME}")
+        self.offset, self.length, self._call = self.length, self.length + num_new, 0
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Appends this call's new keys/values; returns all of them (past + new)."""
+        i, self._call = self._call, self._call + 1
+        if i == len(self.keys):
+            if self.offset:
+                raise RuntimeError(f"a pass made more attention calls than the one that filled the cache: {self._SAME}")
+            self.keys.append(k)
+            self.values.append(v)
+        else:
+            self.keys[i] = torch.cat([self.keys[i], k], dim=1)
+            self.values[i] = torch.cat([self.values[i], v], dim=1)
+        return self.keys[i], self.values[i]
+
+
 # --- building blocks -----------------------------------------------------------------------
 
 class RMSNorm(nn.Module):
@@ -118,15 +164,26 @@ class Attention(nn.Module):
     def backend(self, device: torch.device) -> str:
         return _cached_backend(self.cfg.attention, device.type)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         H, D = self.cfg.heads, self.cfg.head_dim
         qkv = self.qkv(x)
         qk = qkv[..., : 2 * self.cfg.hidden] + self.qk_bias.to(qkv.dtype)
         q, k = qk.view(B, T, 2, H, D).unbind(2)
         v = qkv[..., 2 * self.cfg.hidden :].view(B, T, H, D)
-        q, k = apply_rope(q, cos[:T], sin[:T]), apply_rope(k, cos[:T], sin[:T])
-        if self.backend(x.device) == "xformers":
+        p = cache.offset if cache is not None else 0  # absolute position of the first new token
+        q, k = apply_rope(q, cos[p : p + T], sin[p : p + T]), apply_rope(k, cos[p : p + T], sin[p : p + T])
+        if cache is not None:
+            k, v = cache.update(k, v)
+        if k.shape[1] > T:
+            # new queries after cached keys: causal mask aligned bottom-right (query i sees keys
+            # ≤ p + i); decoding-sized, so SDPA serves it on every backend
+            mask = torch.ones(T, k.shape[1], dtype=torch.bool, device=x.device).tril(k.shape[1] - T)
+            y = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
+            ).transpose(1, 2)
+        elif self.backend(x.device) == "xformers":
             import xformers.ops as xops
 
             y = xops.memory_efficient_attention(q, k, v, attn_bias=xops.LowerTriangularMask())
@@ -159,12 +216,12 @@ class SandwichBlock(nn.Module):
         # shift/scale/gate for attention and MLP; zero weights ⇒ exactly the plain block at init
         self.ada = nn.Linear(cfg.sigma_embed_dim, 6 * cfg.hidden) if conditioned else None
 
-    def forward(self, x, cos, sin, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x, cos, sin, cond: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
         if self.ada is None or cond is None:
-            x = self.n2(x + self.attn(self.n1(x), cos, sin))
+            x = self.n2(x + self.attn(self.n1(x), cos, sin, cache))
             return self.n4(x + self.mlp(self.n3(x)))
         sh_a, sc_a, g_a, sh_m, sc_m, g_m = self.ada(F.silu(cond)).chunk(6, dim=-1)
-        x = self.n2(x + (1 + g_a) * self.attn(self.n1(x) * (1 + sc_a) + sh_a, cos, sin))
+        x = self.n2(x + (1 + g_a) * self.attn(self.n1(x) * (1 + sc_a) + sh_a, cos, sin, cache))
         return self.n4(x + (1 + g_m) * self.mlp(self.n3(x) * (1 + sc_m) + sh_m))
 
 
@@ -195,10 +252,10 @@ class CoreBlock(nn.Module):
         self.adapter = nn.Linear(2 * cfg.hidden, cfg.hidden, bias=False)
         self.layers = nn.ModuleList(SandwichBlock(cfg, cfg.sigma_conditioning) for _ in range(cfg.core_layers))
 
-    def forward(self, state, e, cos, sin, cond=None):
+    def forward(self, state, e, cos, sin, cond=None, cache: KVCache | None = None):
         x = self.adapter(torch.cat([state, e], dim=-1))
         for layer in self.layers:
-            x = layer(x, cos, sin, cond)
+            x = layer(x, cos, sin, cond, cache)
         return x
 
 
@@ -256,13 +313,19 @@ class RecurrentDepthLM(nn.Module):
         return parts
 
     # -- pieces, used by the objectives and samplers --
-    def encode(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Prelude output e, computed once per sequence and injected into every iteration."""
-        if input_ids.shape[1] > self.cfg.context:
-            raise ValueError(f"sequence length {input_ids.shape[1]} exceeds model.context={self.cfg.context}")
+    def encode(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Prelude output e, computed once per sequence and injected into every iteration.
+
+        With a cache, input_ids are the new positions after the cached ones and a pass starts.
+        """
+        past = cache.length if cache is not None else 0
+        if past + input_ids.shape[1] > self.cfg.context:
+            raise ValueError(f"sequence length {past + input_ids.shape[1]} exceeds model.context={self.cfg.context}")
+        if cache is not None:
+            cache.start(input_ids.shape[1])
         x = self.wte(input_ids) * self.emb_scale
         for block in self.prelude:
-            x = block(x, self.rope_cos, self.rope_sin)
+            x = block(x, self.rope_cos, self.rope_sin, cache=cache)
         return x
 
     def initial_state(self, e: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -271,35 +334,39 @@ class RecurrentDepthLM(nn.Module):
         nn.init.trunc_normal_(s, std=std, a=-3 * std, b=3 * std, generator=generator)
         return s.to(e.dtype)
 
-    def core_step(self, state, e, cond=None) -> torch.Tensor:
-        return self.core(state, e, self.rope_cos, self.rope_sin, cond)
+    def core_step(self, state, e, cond=None, cache: KVCache | None = None) -> torch.Tensor:
+        return self.core(state, e, self.rope_cos, self.rope_sin, cond, cache)
 
-    def decode(self, s: torch.Tensor, cond=None) -> torch.Tensor:
+    def decode(self, s: torch.Tensor, cond=None, cache: KVCache | None = None) -> torch.Tensor:
         """Recurrence output → final norm → coda → final norm → tied head: logits."""
         x = self.ln_f(s)
         for block in self.coda:
-            x = block(x, self.rope_cos, self.rope_sin, cond)
+            x = block(x, self.rope_cos, self.rope_sin, cond, cache)
         return F.linear(self.ln_f(x), self.wte.weight)
 
-    def recur(self, input_ids, num_steps: int, num_grad_steps: int | None = None, generator=None):
-        """Huginn's loop: num_steps − num_grad_steps iterations without grad, then the rest with."""
-        e = self.encode(input_ids)
+    def recur(self, input_ids, num_steps: int, num_grad_steps: int | None = None, generator=None,
+              state: torch.Tensor | None = None, cache: KVCache | None = None):
+        """Huginn's loop: num_steps − num_grad_steps iterations without grad, then the rest with.
+
+        state: the initial state s₀ (B, T, h); drawn from `generator` when not given.
+        """
+        e = self.encode(input_ids, cache)
         k = num_steps if num_grad_steps is None else min(num_grad_steps, num_steps)
-        s = self.initial_state(e, generator)
+        s = self.initial_state(e, generator) if state is None else state.to(e.device, e.dtype)
         if num_steps - k > 0:
             with torch.no_grad():
                 for _ in range(num_steps - k):
-                    s = self.core_step(s, e)
+                    s = self.core_step(s, e, cache=cache)
             s = s.detach()
         for _ in range(k):
-            s = self.core_step(s, e)
-        return self.decode(s)
+            s = self.core_step(s, e, cache=cache)
+        return self.decode(s, cache=cache)
 
     def clean_embeddings(self) -> torch.Tensor:
         """Ê: unit-norm token embeddings, the space the DiffusionBlocks state z lives in."""
         return F.normalize(self.wte.weight.float(), dim=-1)
 
-    def denoise(self, e, z, sigma, c_in) -> torch.Tensor:
+    def denoise(self, e, z, sigma, c_in, cache: KVCache | None = None) -> torch.Tensor:
         """One σ-conditioned pass: logits of the denoiser D(z; σ, context).
 
         sigma: (B, 1) per-sequence or (B, T) per-token noise level; c_in its preconditioner.
@@ -308,7 +375,7 @@ class RecurrentDepthLM(nn.Module):
             raise RuntimeError("this model was built without sigma_conditioning; it cannot denoise")
         cond = self.sigma_embed(0.25 * torch.log(sigma))  # c_noise = ¼ ln σ; (B, 1|T, C)
         x_in = (c_in[..., None] * z).to(e.dtype)
-        return self.decode(self.core_step(x_in, e, cond), cond)
+        return self.decode(self.core_step(x_in, e, cond, cache), cond, cache)
 
     def forward(self, input_ids, *, num_steps=None, num_grad_steps=None, generator=None,
                 target_ids=None, sigma=None, noise=None, c_in=None):

@@ -2,17 +2,25 @@
 
     objective.loss(model, batch, step, slot) -> (loss, stats)   one training micro-step
     objective.logits(model, ids, num_steps)  -> logits          inference at a chosen depth
-    objective.generate(model, ids, ...)      -> new token ids   greedy decoding
+    objective.noise(model, B, T, generator)  -> (B, T, h)       the per-position random draw
+    generate(objective, model, ids, ...)     -> new token ids   greedy decoding (KV cache)
 
 `bptt`              Huginn's truncated backprop through time (SPEC §2): r ~ Poisson-log-normal,
                     r − k iterations without grad, the last k with grad.
 `diffusion_blocks`  every loop iteration is one Euler step of the probability-flow ODE over
                     one equi-probability σ-band (SPEC §3); training is one σ-conditioned
                     denoiser pass per step.
+
+Both run the core r (BPTT) or K (DB) times per forward from a random start per position
+(BPTT's initial state, DB's ε). Greedy decoding draws each position's start once, when the
+position enters, and with a `KVCache` runs only the newest position per step: past positions
+keep their cached keys/values at every iteration, i.e. their whole trajectory is reused.
 """
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from huginn_db import diffusion as dm
+from huginn_db.model import KVCache
 
 
 def _ce(logits: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -79,9 +88,17 @@ class BPTTObjective:
         loss = ce.sum() / batch["loss_mask"].sum().clamp(min=1)
         return loss, {"r": r, "no_grad_iters": r - k, "grad_iters": k}
 
+    def noise(self, model, batch: int, length: int, generator=None) -> torch.Tensor:
+        """Initial states s₀ for `length` positions (CPU, float32), as `recur` would draw them."""
+        m = _unwrap(model)
+        return m.initial_state(torch.empty(batch, length, m.cfg.hidden), generator)
+
     @torch.no_grad()
-    def logits(self, model, input_ids, num_steps: int | None = None, generator=None, **_):
-        return _unwrap(model).recur(input_ids, num_steps or self.default_num_steps, 0, generator)
+    def logits(self, model, input_ids, num_steps: int | None = None, generator=None,
+               noise: torch.Tensor | None = None, cache: KVCache | None = None, **_):
+        """noise: the initial state s₀ (default: drawn from `generator`); cache: see generate."""
+        return _unwrap(model).recur(input_ids, num_steps or self.default_num_steps, 0, generator,
+                                    state=noise, cache=cache)
 
 
 # --- DiffusionBlocks -----------------------------------------------------------------------
@@ -144,27 +161,36 @@ class DiffusionBlocksObjective:
             "bands": torch.bincount(band, minlength=self.cfg.num_bands).tolist(),
         }
 
+    def noise(self, model, batch: int, length: int, generator=None) -> torch.Tensor:
+        """ε for `length` positions (CPU, float32): the sampler starts from z₀ = σ_max·ε."""
+        return torch.randn(batch, length, _unwrap(model).cfg.hidden, generator=generator)
+
     @torch.no_grad()
     def logits(self, model, input_ids, num_steps: int | None = None, generator=None,
-               sampler: str | None = None, return_trajectory: bool = False):
+               sampler: str | None = None, return_trajectory: bool = False,
+               noise: torch.Tensor | None = None, cache: KVCache | None = None):
         """K-step sampler from σ_max to σ_min; one loop iteration per equi-probability band.
 
         Returns the logits of the last denoiser evaluation. K=1 is the context-only prediction
-        (a single pass at σ_max).
+        (a single pass at σ_max). noise: ε (default: drawn from `generator`); cache: see generate.
+        Every position runs the same σ schedule and attention is causal, so a position's z
+        trajectory depends on earlier positions only: with a cache the new positions' trajectories
+        equal those of an uncached pass over the whole sequence given the same ε.
         """
         m = _unwrap(model)
         sampler = sampler or self.cfg.sampler
         K = num_steps or self.default_num_steps
-        e = m.encode(input_ids)
+        e = m.encode(input_ids, cache)
         B, T = input_ids.shape
         E_hat = m.clean_embeddings()
         sched = dm.inference_schedule(K, self.sig)
-        z = sched[0] * torch.randn(B, T, E_hat.shape[1], generator=generator).to(e.device)
+        eps = self.noise(m, B, T, generator) if noise is None else noise
+        z = sched[0] * eps.to(e.device)
         last = {}
 
         def denoise(zz, s):
             sigma = torch.full((B, 1), s, device=e.device)
-            last["logits"] = m.denoise(e, zz, sigma, dm.c_in(sigma, self.sig))
+            last["logits"] = m.denoise(e, zz, sigma, dm.c_in(sigma, self.sig), cache)
             return torch.softmax(last["logits"].float(), -1) @ E_hat  # D = E_p[Ê]
 
         traj = []
@@ -181,21 +207,58 @@ class DiffusionBlocksObjective:
 
 # --- shared ---------------------------------------------------------------------------------
 
+def greedy_tokens(objective, model, prompt_ids: torch.Tensor, num_steps: int | None = None,
+                  seed: int | Sequence[int] = 0, use_cache: bool = True, **kw) -> Iterator[torch.Tensor]:
+    """Yields the greedy next token of every row (B,), step after step; the caller stops.
+
+    Each position's random start (objective.noise) is drawn once, in order, when the position
+    enters: from one generator for the batch (int seed) or one per row (a seed per row, so a
+    row's draws do not depend on its batch-mates). With the cache a step runs the newest
+    position only; without it a step reruns the whole sequence with the same draws — the same
+    tokens and logits (up to float rounding) at O(length) times the core work.
+    """
+    m = _unwrap(model)
+    B = prompt_ids.shape[0]
+    gens = [torch.Generator().manual_seed(int(s)) for s in (seed if isinstance(seed, Sequence) else [seed])]
+
+    def draw(length: int) -> torch.Tensor:
+        if len(gens) == 1:
+            return objective.noise(m, B, length, gens[0])
+        return torch.cat([objective.noise(m, 1, length, g) for g in gens])
+
+    cache = KVCache() if use_cache else None
+    ids, noise = prompt_ids, draw(prompt_ids.shape[1])
+    new_ids, new_noise = ids, noise
+    while True:
+        if cache is None:
+            logits = objective.logits(model, ids, num_steps, noise=noise, **kw)
+        else:
+            logits = objective.logits(model, new_ids, num_steps, noise=new_noise, cache=cache, **kw)
+        nxt = logits[:, -1].argmax(-1)
+        yield nxt
+        new_ids, new_noise = nxt[:, None], draw(1)
+        if cache is None:
+            ids, noise = torch.cat([ids, new_ids], dim=1), torch.cat([noise, new_noise], dim=1)
+
+
 @torch.no_grad()
 def generate(objective, model, prompt_ids: torch.Tensor, max_new_tokens: int, eos_id: int,
-             num_steps: int | None = None, seed: int = 0, **kw) -> torch.Tensor:
-    """Greedy decoding of a batch of equal-length prompts; stops once every row hit EOS."""
-    g = torch.Generator().manual_seed(seed)
-    ids = prompt_ids
-    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    for _ in range(max_new_tokens):
-        nxt = objective.logits(model, ids, num_steps, generator=g, **kw)[:, -1].argmax(-1)
+             num_steps: int | None = None, seed: int | Sequence[int] = 0, use_cache: bool = True,
+             **kw) -> torch.Tensor:
+    """Greedy decoding of a batch of equal-length prompts; stops once every row hit EOS.
+
+    seed and use_cache as in greedy_tokens: cached and uncached decoding give the same tokens.
+    """
+    done = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
+    out = []
+    steps = greedy_tokens(objective, model, prompt_ids, num_steps, seed, use_cache, **kw)
+    for nxt in itertools.islice(steps, max_new_tokens):
         nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
-        ids = torch.cat([ids, nxt[:, None]], dim=1)
+        out.append(nxt)
         done |= nxt == eos_id
         if bool(done.all()):
             break
-    return ids[:, prompt_ids.shape[1]:]
+    return torch.stack(out, dim=1) if out else prompt_ids[:, :0]
 
 
 OBJECTIVES = {"bptt": (BPTTObjective, BPTTConfig), "diffusion_blocks": (DiffusionBlocksObjective, DiffusionBlocksConfig)}

@@ -1,0 +1,103 @@
+"""Dataset loaders for the local lm-eval tasks (their `custom_dataset` targets).
+
+Each turns one file format of the shared data directory (schemas: shared/data/README.md) into
+`{split: datasets.Dataset}` with the fields the task YAML reads. File paths arrive through the
+YAML's dataset_kwargs (absolute: huginn_db.lm_eval substitutes the data root); lm-eval also
+passes the task metadata, which the loaders ignore (**_).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import datasets
+
+# a WikiText article starts at a title line " = Title = "; sections are " = = Section = = "
+_WIKI_TITLE = re.compile(r"^ = [^=](.*[^=])? = $")
+
+
+def _jsonl(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _splits(make, data_files: dict) -> dict[str, datasets.Dataset]:
+    return {split: datasets.Dataset.from_list(make(path)) for split, path in data_files.items()}
+
+
+def reasoning_chain(difficulty: int, **_) -> dict[str, datasets.Dataset]:
+    """The embedded corpus's test problems of one difficulty (default ReasoningConfig, seed 0).
+
+    Each difficulty has its own seed stream, so these are exactly the d-problems of the
+    default test set (d ≤ 5) and its natural extension (d = 6)."""
+    from huginn_db.data.reasoning import ReasoningConfig, ReasoningCorpus
+
+    corpus = ReasoningCorpus(ReasoningConfig(test_difficulties=[int(difficulty)]), seed=0)
+    return {"test": datasets.Dataset.from_list(corpus.test_set())}
+
+
+def text_blocks(data_files: dict, **_) -> dict[str, datasets.Dataset]:
+    """Plain text, one document per blank-line-separated block (TinyStories marks no story
+    boundaries, so these are paragraphs — the documents huginn_db.data.text trains on)."""
+    def make(path):
+        blocks = re.split(r"\n\s*\n", Path(path).read_text(encoding="utf-8"))
+        return [{"text": b.strip("\n")} for b in blocks if b.strip()]
+    return _splits(make, data_files)
+
+
+def lines(data_files: dict, **_) -> dict[str, datasets.Dataset]:
+    """One document per non-empty line (LM1B: one tokenized sentence per line)."""
+    def make(path):
+        return [{"text": line} for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return _splits(make, data_files)
+
+
+def wikitext_articles(data_files: dict, **_) -> dict[str, datasets.Dataset]:
+    """Tokenized WikiText-2 split into articles at title lines; each page is its raw lines."""
+    def make(path):
+        pages = []
+        for line in Path(path).read_text(encoding="utf-8").splitlines(keepends=True):
+            if _WIKI_TITLE.match(line.rstrip("\n")):
+                pages.append([])
+            if pages:  # the blank line before the first title belongs to no article
+                pages[-1].append(line)
+        return [{"page": "".join(p)} for p in pages]
+    return _splits(make, data_files)
+
+
+def arc(data_files: dict, **_) -> dict[str, datasets.Dataset]:
+    """AI2 ARC jsonl (question.stem, question.choices[].text/label, answerKey) → the HF
+    ai2_arc schema lm-eval's arc YAMLs read. A split may list several files, unioned by id in
+    order (the GenMC Challenge-Test copy lacks 2 items the letter-labelled file supplies)."""
+    def make(paths):
+        docs = {}
+        for path in [paths] if isinstance(paths, str) else paths:
+            for d in _jsonl(path):
+                choices = d["question"]["choices"]
+                docs.setdefault(d["id"], {
+                    "id": d["id"], "question": d["question"]["stem"], "answerKey": d["answerKey"],
+                    "choices": {"text": [c["text"] for c in choices], "label": [c["label"] for c in choices]},
+                })
+        return list(docs.values())
+    return _splits(make, data_files)
+
+
+def piqa(docs: str, labels: str, **_) -> dict[str, datasets.Dataset]:
+    """PIQA validation: goal/sol1/sol2 with the label joined in from the aligned .lst file."""
+    rows = _jsonl(docs)
+    gold = [int(x) for x in Path(labels).read_text().split()]
+    if len(rows) != len(gold):
+        raise ValueError(f"{docs} has {len(rows)} items but {labels} has {len(gold)} labels")
+    return {"validation": datasets.Dataset.from_list([{**r, "label": y} for r, y in zip(rows, gold)])}
+
+
+def hellaswag(path: str, **_) -> dict[str, datasets.Dataset]:
+    """klosax's 6-lines-per-item text dump: query (activity label: context, markers already
+    stripped, ctx_b not capitalised), gold label, 4 endings."""
+    text = Path(path).read_text(encoding="utf-8").splitlines()
+    if len(text) % 6:
+        raise ValueError(f"{path}: {len(text)} lines is not 6 per item")
+    items = [text[i : i + 6] for i in range(0, len(text), 6)]
+    return {"validation": datasets.Dataset.from_list(
+        [{"query": it[0], "label": int(it[1]), "choices": it[2:6]} for it in items])}

@@ -1,0 +1,242 @@
+"""The lm-eval model `huginn_db` and the local tasks, on tiny randomly initialised exports."""
+import math
+import random
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from lm_eval.api.instance import Instance
+from safetensors.torch import save_file
+
+from huginn_db import lm_eval as hl
+from huginn_db.config import RunConfig, to_dict
+from huginn_db.data.reasoning import CharTokenizer
+from huginn_db.model import ModelConfig, RecurrentDepthLM
+from huginn_db.objectives import generate
+from huginn_db.tokenizer import SentencePieceTokenizer, train_sentencepiece
+
+LOCAL_TASKS = ["reasoning_chain", "tinystories_local", "wikitext2_local", "lm1b_local", "arc_easy_local",
+               "arc_challenge_local", "hellaswag_local", "piqa_local", "winogrande_local", "openbookqa_local",
+               "lambada_openai_local", "gsm8k_local"]
+FAST = dict(bootstrap_iters=0, log_samples=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matmuls: a second OpenMP thread only adds synchronisation (10× slower on a busy CPU)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _export(directory, objective: str, tok, context: int):
+    """An export directory as huginn-db export writes it: config.yaml, model.safetensors, tokenizer."""
+    directory.mkdir()
+    cfg = RunConfig()
+    cfg.objective.name = objective
+    cfg.objective.bptt.mean_recurrence = 2
+    cfg.objective.diffusion_blocks.num_bands = 3
+    cfg.model = ModelConfig(vocab_size=tok.vocab_size, hidden=32, heads=4, mlp_hidden=64, prelude_layers=1,
+                            core_layers=1, coda_layers=1, context=context, init_recurrence=2,
+                            sigma_conditioning=objective == "diffusion_blocks")
+    model = RecurrentDepthLM(cfg.model)
+    for name, p in model.named_parameters():
+        if ".ada." in name:  # a trained-looking denoiser: σ changes the computation
+            torch.nn.init.normal_(p, std=0.1)
+    (directory / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
+    tok.save(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    rng = random.Random(0)
+    words = "the a cat dog sat on mat ran big small red house tree sun day night and then so Question Answer".split()
+    lines = [" ".join(rng.choice(words) + rng.choice(["", ",", ".", "?", " 12", "'s"]) for _ in range(12)) for _ in range(300)]
+    (root / "corpus.txt").write_text("\n".join(lines) + "\nABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 +-*/=()[]<>:;\"'#$%&@\n")
+    spm = SentencePieceTokenizer(train_sentencepiece([str(root / "corpus.txt")], 400, str(root / "spm")))
+    return {
+        "bptt": _export(root / "bptt", "bptt", CharTokenizer(), context=24),
+        "db": _export(root / "db", "diffusion_blocks", CharTokenizer(), context=24),
+        "db_text": _export(root / "db_text", "diffusion_blocks", spm, context=16),
+    }
+
+
+MODELS = {"bptt": ("bptt", None), "db-context": ("db", "context"), "db-final": ("db", "final")}
+
+
+def _lm(runs, kind, **kw):
+    run, score = MODELS[kind]
+    return hl.HuginnLM(str(runs[run]), num_steps=3, score=score, **kw)
+
+
+def _requests(kind, args):
+    return [Instance(request_type=kind, doc={}, arguments=a, idx=0) for a in args]
+
+
+def _brute_logprobs(lm, row):
+    """Per-position next-token log-probs of one unbatched, unpadded row under lm's score."""
+    steps = 1 if lm.score_name == "context" else lm.num_steps
+    logits = lm.objective.logits(lm.model, torch.tensor([row]), steps, noise=lm.noise(row), **lm._sampler_kw)
+    return F.log_softmax(logits.float(), -1)[0]
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_loglikelihood_is_the_brute_force_sum_of_token_logprobs(runs, kind):
+    lm = _lm(runs, kind, batch_size=3)
+    L = lm.max_length
+    pairs = [("a=1;b=a;b?", "1"), ("x=2;", "y=x;y?2"), ("", "k=3;k?"), ("q=" + "a=1;" * 8, "b=2;b?"),
+             ("a=1;b=a;", "c=b;c?1;" * 4)]  # left truncation; a continuation longer than the context
+    got = lm.loglikelihood(_requests("loglikelihood", pairs))
+    for (ctx, cont), (ll, _) in zip(pairs, got):
+        whole = [lm.prefix_token_id] + lm.tok.encode(ctx + cont)
+        first = len(whole) - len(cont)  # character tokens: the continuation is the last len(cont)
+        expected = 0.0
+        for a in range(first, len(whole), L):  # pieces of ≤ L tokens, each with the context that fits
+            b = min(a + L, len(whole))
+            start = max(0, b - 1 - L)
+            lp = _brute_logprobs(lm, whole[start : b - 1])  # row position k predicts whole[start + k + 1]
+            expected += sum(float(lp[p - start - 1, whole[p]]) for p in range(a, b))
+        assert ll == pytest.approx(expected, abs=1e-4)
+    # batching and order do not change a score: draws are seeded by the request's tokens
+    alone = lm.loglikelihood(_requests("loglikelihood", pairs[:1]))
+    assert alone[0][0] == pytest.approx(got[0][0], abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_is_greedy_marks_exactly_the_argmax(runs, kind):
+    lm = _lm(runs, kind, batch_size=16)
+    ctx = "a=1;b=a;b?"
+    row = [lm.prefix_token_id] + lm.tok.encode(ctx)
+    best = int(_brute_logprobs(lm, row)[-1].argmax())
+    symbols = lm.tok.itos[3:]  # every non-special token as a one-token continuation
+    got = lm.loglikelihood(_requests("loglikelihood", [(ctx, s) for s in symbols]))
+    assert [g for _, g in got] == [lm.tok.stoi[s] == best for s in symbols]
+
+
+def test_empty_continuations_score_zero(runs):
+    lm = _lm(runs, "db-context")
+    got = lm.loglikelihood(_requests("loglikelihood", [("a=1;", ""), ("", ""), ("", "a")]))
+    assert got[:2] == [(0.0, True), (0.0, True)]
+    lp = _brute_logprobs(lm, [lm.prefix_token_id])
+    assert got[2][0] == pytest.approx(float(lp[0, lm.tok.stoi["a"]]), abs=1e-5)  # empty context: BOS
+
+
+@pytest.mark.parametrize("kind", ["bptt", "db-context"])
+def test_rolling_windows_score_every_token_once(runs, kind):
+    lm = _lm(runs, kind, batch_size=2)
+    text = "a=1;b=a;c=b;" * 6 + "c?1"  # 75 tokens, context 24
+    tokens, L = lm.tok.encode(text), lm.max_length
+    padded = [lm.prefix_token_id] + tokens
+    expected, covered = 0.0, []
+    for a in range(0, len(tokens), L):  # tokens[a:b] predicted from the L tokens before each
+        b = min(a + L, len(tokens))
+        start = max(0, b - L)
+        lp = _brute_logprobs(lm, padded[start:b])  # padded[i] is the input that predicts tokens[i]
+        expected += sum(float(lp[j - start, tokens[j]]) for j in range(a, b))
+        covered += range(a, b)
+    assert covered == list(range(len(tokens)))
+    (got,) = lm.loglikelihood_rolling(_requests("loglikelihood_rolling", [(text,)]))
+    assert got == pytest.approx(expected, abs=1e-3)
+    assert lm.loglikelihood_rolling(_requests("loglikelihood_rolling", [("",)])) == [0.0]
+
+
+def test_generate_until_stops_at_a_stop_sequence(runs):
+    lm = _lm(runs, "bptt", batch_size=4)
+    prompts = ["a=1;b=a;b?", "k=5;", "x=1;y=2;", "q=", "z=9;z=", "b=3;c=b;c?"]
+    free = lm.generate_until(_requests("generate_until", [(p, {"max_gen_toks": 8}) for p in prompts]))
+    assert all(len(lm.tok.encode(t)) <= 8 for t in free)
+    # the wrapper is objectives.generate with the request's own seed, cut at EOS
+    for p, text in zip(prompts, free):
+        ids = torch.tensor([lm.tok_encode(p)])
+        new = generate(lm.objective, lm.model, ids, 8, lm.eot_token_id, num_steps=3, seed=[lm.request_seed(ids[0].tolist())])
+        assert lm.tok.decode(new[0]) == text
+    prompt, text = next((p, t) for p, t in zip(prompts, free) if len(t) >= 4)
+    stop = text[2]
+    calls = []
+    lm.model.core.register_forward_hook(lambda *a: calls.append(1))
+    (cut,) = lm.generate_until(_requests("generate_until", [(prompt, {"until": [stop], "max_gen_toks": 8})]))
+    assert cut == text.split(stop)[0]
+    assert len(calls) == 3 * (text.index(stop) + 1)  # decoding stopped at the stop sequence
+
+
+def test_bf16_autocast_scores_close_to_fp32(runs):
+    pairs = [("a=1;b=a;b?", "1")]
+    fp32 = _lm(runs, "db-final").loglikelihood(_requests("loglikelihood", pairs))[0][0]
+    bf16 = _lm(runs, "db-final", dtype="bfloat16").loglikelihood(_requests("loglikelihood", pairs))[0][0]
+    assert bf16 == pytest.approx(fp32, abs=0.1)
+
+
+def test_options_that_do_not_apply_are_refused(runs):
+    with pytest.raises(ValueError, match="DiffusionBlocks"):
+        hl.HuginnLM(str(runs["bptt"]), score="context")
+    with pytest.raises(ValueError, match="context\\|final"):
+        hl.HuginnLM(str(runs["db"]), score="mean")
+    lm = hl.HuginnLM.create_from_arg_string(f"checkpoint={runs['db']},batch_size=5", {"batch_size": 1, "device": None})
+    assert lm.batch_size == 5 and lm.score_name == "context" and lm.num_steps == 3  # K defaults to num_bands
+
+
+def test_ranks_get_disjoint_halves_of_the_documents(runs, monkeypatch):
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(hl.task_dir()), include_defaults=False)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)  # a launcher already joined
+    docs = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        lm = _lm(runs, "bptt")
+        assert (lm.rank, lm.world_size) == (rank, 2)
+        task = manager.load("reasoning_chain_d1")["tasks"]["reasoning_chain_d1"]
+        task.build_all_requests(limit=6, rank=lm.rank, world_size=lm.world_size)
+        docs.append({i.doc_id for i in task.instances})
+    assert len(docs[0]) == len(docs[1]) == 3 and docs[0] | docs[1] == set(range(6))
+
+
+def test_task_dir_resolves_the_data_root(tmp_path):
+    d = hl.task_dir(tmp_path)
+    assert d == hl.task_dir(tmp_path)  # written once
+    text = (d / "arc_challenge_local.yaml").read_text()
+    assert "${" not in text and f"{tmp_path.resolve()}/arc/ARC-Challenge-Test.jsonl" in text
+    assert (d / "utils.py").is_file() and (d / "_reasoning_chain_template_yaml").is_file()
+
+
+def test_cli_is_lm_eval_with_the_model_and_local_tasks(monkeypatch):
+    import lm_eval.__main__
+    from lm_eval.api.registry import get_model
+
+    assert get_model("huginn_db") is hl.HuginnLM
+    seen = []
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", lambda: seen.append(list(sys.argv[1:])))
+    monkeypatch.setattr(sys, "argv", ["huginn_db.lm_eval"])
+    hl.main(["--model", "huginn_db", "--tasks", "reasoning_chain"])
+    hl.main(["ls", "tasks", "--include_path", "/x"])
+    assert seen[0] == ["run", "--model", "huginn_db", "--tasks", "reasoning_chain", "--include_path", str(hl.task_dir())]
+    assert seen[1] == ["ls", "tasks", "--include_path", "/x"]
+
+
+def test_every_local_task_runs_offline(runs, data_root, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    res = hl.evaluate(runs["db_text"], LOCAL_TASKS, [2], limit=2, data_root=data_root, **FAST)[2]["results"]
+    for task in LOCAL_TASKS[1:] + [f"reasoning_chain_d{d}" for d in range(1, 7)]:
+        metrics = {k: v for k, v in res[task].items() if "," in k and "stderr" not in k}
+        assert metrics and all(math.isfinite(v) for v in metrics.values()), (task, res[task])
+    assert res["reasoning_chain"]["sample_len"] == 12
+
+
+def test_num_steps_sweep(runs, monkeypatch):
+    from huginn_db.objectives import BPTTObjective
+
+    used, real = set(), BPTTObjective.logits
+    monkeypatch.setattr(BPTTObjective, "logits",
+                        lambda self, model, ids, num_steps=None, **kw: used.add(num_steps) or real(self, model, ids, num_steps, **kw))
+    out = hl.evaluate(runs["bptt"], ["reasoning_chain_d1", "reasoning_chain_d2"], [1, 2], limit=2, **FAST)
+    assert sorted(out) == [1, 2] and used == {1, 2}
+    assert all(out[K]["results"]["reasoning_chain_d2"]["sample_len"] == 2 for K in out)

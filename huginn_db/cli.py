@@ -1,7 +1,8 @@
 """`huginn-db` command line.
 
     huginn-db train RECIPE.yaml [dotted.key=value ...]   train one recipe (see huginn_db.train)
-    huginn-db demo [dotted.key=value ...]                train demo-db and demo-bptt, print both
+    huginn-db demo [dotted.key=value ...]                compare on the demo recipes (the main job)
+    huginn-db eval RUN_OR_CKPT [--tasks T,..] [--num-steps 1,2,4] [lm-eval options]
     huginn-db compare RECIPE.yaml [--mode step|compute] [--seeds ...] [key=value ...]
                                                          train DB and BPTT, lm-eval both, report
     huginn-db report RUN_DIR [RUN_DIR ...]               rebuild report.md and plots from runs
@@ -10,9 +11,6 @@
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,26 +18,10 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def _demo(overrides: list[str]) -> int:
-    """Trains both demo recipes (each in its own process: one DeepSpeed world per run)."""
-    results = {}
-    for name in ("db", "bptt"):
-        cmd = [sys.executable, "-m", "huginn_db.train", str(RECIPES / f"demo-{name}.yaml"), "overwrite=true", *overrides]
-        print(f"== {' '.join(cmd[1:])}", flush=True)
-        rc = subprocess.call(cmd, env={k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")})
-        if rc:
-            return rc
-        from huginn_db.config import load_config
+    """The main job: DB vs BPTT on the embedded corpus, step-matched, scored by lm-eval."""
+    from huginn_db.compare import main_compare
 
-        run = Path(load_config(RECIPES / f"demo-{name}.yaml", overrides).run_dir)
-        results[name] = json.loads((run / "eval" / "final.json").read_text())
-    from huginn_db.evaluate import format_accuracy_table
-
-    print("\n== DiffusionBlocks vs truncated BPTT (same model, data, steps)")
-    for name, r in results.items():
-        print(f"\n{r['objective']}: final loss {r['final_loss']:.4f}, {r['steps']} steps, "
-              f"{r['train_seconds']:.0f}s training; answer accuracy by test-time iterations:")
-        print(format_accuracy_table(r["accuracy"]))
-    return 0
+    return main_compare([str(RECIPES / "demo-db.yaml"), "--num-steps", "1,2,4,8,16", "--limit", "100", *overrides])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         return train_main(rest)
     if cmd == "demo":
         return _demo(rest)
+    if cmd == "eval":
+        from huginn_db.lm_eval import main_eval
+
+        return main_eval(rest)
     if cmd in ("compare", "report"):
         from huginn_db import compare
 
@@ -66,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         from huginn_db.tokenizer import main as tokenizer_main
 
         return tokenizer_main(rest)
-    print(f"huginn-db: error: unknown command {cmd!r} (try train, demo, compare, report, export, tokenizer)", file=sys.stderr)
+    print(f"huginn-db: error: unknown command {cmd!r} (try train, demo, eval, compare, report, export, tokenizer)", file=sys.stderr)
     return 2
 
 

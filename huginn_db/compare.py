@@ -40,12 +40,15 @@ def _train(recipe: str, run: Path, overrides: list[str]) -> None:
 
 def steps_for_budget(recipe: str, overrides: list[str], budget: float | None) -> tuple[dict[str, int], float]:
     """Steps per objective so that both spend the same analytic training FLOPs."""
-    from huginn_db.compute import expected_train_flops_per_step
+    from huginn_db.compute import train_flops
+    from huginn_db.train import build_corpus
 
     per_step = {}
     for obj in OBJECTIVES:
         cfg = load_config(recipe, [*overrides, f"objective.name={obj}"])
-        per_step[obj] = expected_train_flops_per_step(cfg)
+        T = build_corpus(cfg).train_seq_len
+        B = cfg.train.micro_batch_size * cfg.train.grad_accum  # per rank; the ratio is what matters
+        per_step[obj] = train_flops(cfg.model, cfg.objective_config(), B, T)["total"]  # E over r for BPTT
     if budget is None:
         base = load_config(recipe, overrides)
         budget = per_step["bptt"] * base.train.max_steps

@@ -35,18 +35,20 @@ Conventions (SPEC §4; every number this module prints follows them)
   per sequence (`sigma_per: sequence`) or per token (`token`), and the σ-embedding MLP (two
   C×C layers) runs once per σ as well.
 
-Why the paper-shape BPTT/DB training ratio is ≈ 6.3× (not the ≈ 5.8× first quoted)
-----------------------------------------------------------------------------------
+Why the paper-shape BPTT/DB training ratio is 6.3×, not the ≈ 5.8× first quoted
+-------------------------------------------------------------------------------
 In units of one core forward R (adapter + l_R blocks), with F = prelude + coda + head forward:
-BPTT = 3F + 3·E[min(k,r)]·R + E[r − min(k,r)]·R ≈ 3F + 24R + 25R and DB = 3F + 3R (+ AdaLN).
+BPTT = 3F + 3·E[min(k,r)]·R + E[r − min(k,r)]·R = 3F + 23.95R + 25.02R and DB = 3F + 3R + AdaLN.
 At the paper shape (h 512, mlp 2048, V 32000, T 256) the tied head alone is 0.9 R per token,
-F ≈ 1.86 R, and the ratio is (5.6 + 49)/(5.6 + 3) ≈ 6.3. It drops to ≈ 5.8 only if F ≈ 2.2 R
-(e.g. charging r̄ instead of r̄ + 1 iterations and AdaLN per token), so 5.8 was a rounder
-estimate, not a different convention. Our DB model's AdaLN costs 12·C·h per conditioned block
-per σ — per sequence that is < 0.01 % of a step; with `sigma_per: token` ≈ 4 % of DB's step.
-At the Huginn-3.5B shape the head is relatively small (F ≈ 1.16 R) and the ratio is ≈ 8×.
+F ≈ 1.87 R, and the ratio is (5.6 + 49.0)/(5.6 + 3) = 6.34×; at the Huginn-3.5B shape the head
+is relatively small (F ≈ 1.18 R) and it is 8.04×. Our DB model's AdaLN does not close the gap:
+per sequence it is 12·C·h FLOPs per conditioned block per sequence, < 0.01 % of DB's step.
+Lower ratios need conventions this code does not have: σ per token (AdaLN on every token,
+4.3 % of DB's step) gives 6.06×, charging r̄ instead of E[r] = r̄ + 1 iterations 6.22×, both
+5.95×; a forward softmax·Ê readout in DB's training step (it computes none) would give 5.74×.
 Inference is the other way round: DB runs coda + head + softmax·Ê every iteration (D needs
-logits each step), so per iteration it costs R + coda + 2·head instead of R.
+logits each step), so per iteration it costs R + coda + 2·head (+ AdaLN) instead of R: at the
+paper shape 124.8 M against 36.7 M FLOPs per token and iteration, 3.2× Huginn's total at K = 32.
 """
 from __future__ import annotations
 
@@ -250,27 +252,30 @@ def activation_memory(mc: ModelConfig, obj_cfg, batch: int, seq: int,
     input, the four norms' normalised values, qkv, rotated q and k, attention output and
     out-proj input, the MLP's 2m pre-activation, SiLU output and product) plus H + 4 (log-sum-
     exp, norm statistics); AdaLN adds 4h per token (modulated inputs, gated outputs) and
-    4h + 2C per σ. Each grad core iteration adds the adapter's 2h input; the decode path
+    4h + C per σ per conditioned block, and the σ-embedding MLP 4C per σ. Each grad core iteration adds the adapter's 2h input; the decode path
     saves 5h and the fp32 log-softmax (V per token). BPTT saves min(k, r) ≤ k core iterations
     (k is charged: r ≥ k almost always) and nothing from no-grad iterations; DB saves one.
-    `peak` adds what exists only during the backward: the fp32 gradients of the logits and of
-    the log-softmax (2V per token) and the parameter gradients (freed by zero_grad(None)).
-    `bytes_per_element` 4 is fp32; under bf16 autocast use 2 for a rough figure (norm
-    statistics and the log-softmax stay fp32).
+    `peak` adds what exists only at the start of the backward, when everything saved is still
+    alive: the fp32 gradients of the log-softmax and of the logits (2V per token) and the tied
+    embedding's gradient (V·h). The other parameter gradients (`param_grads`, all of them
+    listed for reference) appear while the backward frees the activations, so they do not
+    add to the peak (the probe in eval/bench_train.py agrees to ~5 %). `bytes_per_element` 4 is
+    fp32; under bf16 autocast use 2 for a rough figure (norm statistics and the log-softmax
+    stay fp32).
     """
     db = _is_db(obj_cfg)
     h, m, C, V, H = mc.hidden, mc.mlp_hidden, mc.sigma_embed_dim, mc.vocab_size, mc.heads
     n = batch * seq
     n_sigma = (n if obj_cfg.sigma_per == "token" else batch) if db else 0
     plain = n * (16 * h + 4 * m + H + 4)
-    cond = plain + (n * 4 * h + n_sigma * (4 * h + 2 * C) if db else 0)
+    cond = plain + (n * 4 * h + n_sigma * (4 * h + C) if db else 0)
     iters = 1 if db else obj_cfg.backprop_depth
     elements = (mc.prelude_layers * plain + iters * (n * 2 * h + mc.core_layers * cond)
-                + mc.coda_layers * cond + n * 5 * h)
+                + mc.coda_layers * cond + n * 5 * h + n_sigma * 4 * C)
     saved = elements * bytes_per_element + n * V * 4 + n * 8  # + fp32 log-softmax, int64 targets
-    grads = param_counts(mc, db)["total"] * 4
-    return {"saved": saved, "logits_grad": 2 * n * V * 4, "param_grads": grads,
-            "peak": saved + 2 * n * V * 4 + grads}
+    transient = 2 * n * V * 4 + V * h * 4
+    return {"saved": saved, "backward_transient": transient,
+            "param_grads": param_counts(mc, db)["total"] * 4, "peak": saved + transient}
 
 
 # --- measurement ---------------------------------------------------------------------------

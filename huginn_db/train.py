@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import yaml
 
+from huginn_db.compute import train_flops
 from huginn_db.config import ConfigError, RunConfig, load_config, to_dict
 from huginn_db.data.reasoning import ReasoningCorpus
 from huginn_db.data.text import TextCorpus
@@ -212,8 +213,8 @@ def evaluation_model(engine, cfg: RunConfig, rank: int):
     return model.to(engine.device)
 
 
-def save(engine, run: Path, step: int, tokens: int, corpus, cfg: RunConfig, world: int) -> None:
-    client = {"step": step, "tokens": tokens, "torch_rng": torch.get_rng_state(),
+def save(engine, run: Path, step: int, tokens: int, flops: float, corpus, cfg: RunConfig, world: int) -> None:
+    client = {"step": step, "tokens": tokens, "flops": flops, "torch_rng": torch.get_rng_state(),
               "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
     if hasattr(corpus, "position"):
         client["data"] = corpus.position(step, cfg.train.grad_accum, world, cfg.train.micro_batch_size)
@@ -249,10 +250,10 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
     device = engine.device
     autocast = autocast_context(cfg.train.precision, device)
 
-    start, tokens = 0, 0
+    start, tokens, flops = 0, 0, 0.0
     if cfg.resume == "auto" and (run / "checkpoints" / "latest").is_file():
         _, client = engine.load_checkpoint(str(run / "checkpoints"))
-        start, tokens = client["step"], client["tokens"]
+        start, tokens, flops = client["step"], client["tokens"], client["flops"]
         torch.set_rng_state(client["torch_rng"])
         np.random.set_state(client["numpy_rng"])
         random.setstate(client["python_rng"])
@@ -286,6 +287,9 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
             engine.backward(loss)
             engine.step()
             tokens += batch["input_ids"].numel() * world
+            # analytic FLOPs of this micro-step on every rank (BPTT: at the r actually drawn)
+            flops += world * train_flops(cfg.model, cfg.objective_config(), *batch["input_ids"].shape,
+                                         r=stats.get("r"))["total"]
             window.append(loss.item())
         dt = time.perf_counter() - t0
         done = step + 1
@@ -295,13 +299,13 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
             torch.distributed.all_reduce(mean_loss)
             window = []
             if rank == 0:
-                rec = {"step": done, "loss": mean_loss.item() / world, "tokens": tokens,
+                rec = {"step": done, "loss": mean_loss.item() / world, "tokens": tokens, "flops": flops,
                        "seconds": dt, "elapsed": time.perf_counter() - t_start,
                        "lr": engine.get_lr()[0], "peak_memory_bytes": peak_memory_bytes(device),
                        "peak_memory_delta_bytes": peak_memory_bytes(device) - rss_before, **stats}
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
-                bar.set_postfix(loss=f"{rec['loss']:.3f}")
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", refresh=False)
         if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.train.max_steps:
             model_eval = evaluation_model(engine, cfg, rank)  # collective under ZeRO-3
             if rank == 0:
@@ -311,9 +315,9 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
                 metrics.write(json.dumps({"step": done, "tokens": tokens, **scores}) + "\n")
                 metrics.flush()
         if cfg.train.save_every and done % cfg.train.save_every == 0 and done < cfg.train.max_steps:
-            save(engine, run, done, tokens, corpus, cfg, world)
+            save(engine, run, done, tokens, flops, corpus, cfg, world)
         if done < cfg.train.max_steps and preemption.agreed():
-            save(engine, run, done, tokens, corpus, cfg, world)
+            save(engine, run, done, tokens, flops, corpus, cfg, world)
             log.warning("signal received: checkpoint saved at step %d; continue with resume=auto", done)
             preemption.restore()
             torch.distributed.barrier()
@@ -322,8 +326,8 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
 
     train_seconds = time.perf_counter() - t_start
     if start < cfg.train.max_steps or not (run / "checkpoints" / "latest").is_file():
-        save(engine, run, cfg.train.max_steps, tokens, corpus, cfg, world)
-    summary = {"objective": objective.name, "steps": cfg.train.max_steps, "tokens": tokens,
+        save(engine, run, cfg.train.max_steps, tokens, flops, corpus, cfg, world)
+    summary = {"objective": objective.name, "steps": cfg.train.max_steps, "tokens": tokens, "train_flops": flops,
                "train_seconds": train_seconds, "params": n_params}
     model = evaluation_model(engine, cfg, rank) if cfg.eval.num_steps else None
     if rank == 0:

@@ -1,0 +1,276 @@
+"""Training benchmark: truncated BPTT vs DiffusionBlocks on one model shape, interleaved.
+
+    python eval/bench_train.py                      # paper shape 2/4/2, h 512, V 32000, T 256
+    python eval/bench_train.py --quick              # tiny shape, 2 timed steps (CI, < 60 s)
+    python eval/bench_train.py --gpu --batch 32     # CUDA, bf16 autocast, xformers if importable
+    python eval/bench_train.py --steps 5 --batch 8 --json runs/bench.json
+
+Both objectives train their own copy of the same shape (the DB copy carries AdaLN) with plain
+torch AdamW, on random tokens, alternating one step each in one process so that machine load
+hits both alike. The first step of each is the warm-up, run under FlopCounterMode: that is the
+"measured" FLOPs/step, compared with `huginn_db.compute.train_flops` at the same r (BPTT's r is
+drawn per step from the step index, so its FLOPs and time vary; the table also gives the
+expectation over r). Time is the full training step (forward, backward, AdamW); s/step is the
+median over the timed steps, tokens/s and achieved FLOP/s use their totals, MFU divides the
+achieved rate (analytic FLOPs at the sampled r) by a measured matmul peak (fp32 on CPU, bf16 on
+CUDA). Peak memory is what one training step adds on top of weights and optimizer state:
+CUDA: max_memory_allocated after a reset, minus memory_allocated before the step; CPU: a fresh
+process per objective (glibc told to return freed tensors, MALLOC_MMAP_THRESHOLD_, so RSS follows
+live memory), warmed up on one sequence, then the peak-RSS high-water mark (reset through
+/proc/self/clear_refs) minus the RSS before the step. BPTT's probe uses the first step whose r
+is just above k: its memory does not depend on the no-grad iterations, only on k. The `est.`
+row is `compute.activation_memory` (saved activations + the logits/embedding gradients).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout too
+
+from huginn_db import compute  # noqa: E402
+from huginn_db.model import ModelConfig, RecurrentDepthLM, select_attention_backend  # noqa: E402
+from huginn_db.objectives import (BPTTConfig, BPTTObjective, DiffusionBlocksConfig,  # noqa: E402
+                                  DiffusionBlocksObjective, sample_recurrence)
+
+NAMES = ("bptt", "diffusion_blocks")
+QUICK = dict(vocab=512, hidden=64, heads=4, mlp=256, layers="1,2,1", seq=32, batch=4,
+             mean_recurrence=8, backprop_depth=2, steps=2, warmup=1, peak_seconds=0.3)
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny shape, 2 timed steps")
+    ap.add_argument("--gpu", action="store_true", help="CUDA, bf16 autocast")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per objective")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps per objective (the first is FLOP-counted)")
+    ap.add_argument("--batch", type=int, default=2,
+                    help="sequences per step (default: time-bound on 2 CPU cores; the est. memory row shows how far it can go)")
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--mlp", type=int, default=2048)
+    ap.add_argument("--layers", default="2,4,2", help="prelude,core,coda")
+    ap.add_argument("--mean-recurrence", type=int, default=32)
+    ap.add_argument("--backprop-depth", type=int, default=8)
+    ap.add_argument("--num-bands", type=int, default=DiffusionBlocksConfig.num_bands)
+    ap.add_argument("--sigma-per", default="sequence", choices=("sequence", "token"))
+    ap.add_argument("--peak-seconds", type=float, default=1.0, help="matmul peak benchmark time")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--memory-probe", choices=NAMES, help=argparse.SUPPRESS)  # internal: one CPU memory probe
+    args = ap.parse_args(argv)
+    if args.warmup < 1 or args.steps < 1:
+        ap.error("--warmup and --steps must be >= 1 (the first warm-up step is FLOP-counted, not timed)")
+    if args.quick:  # explicit flags after --quick still win where they differ from the defaults
+        defaults = vars(ap.parse_args([]))
+        for k, v in QUICK.items():
+            if getattr(args, k) == defaults[k]:
+                setattr(args, k, v)
+    return args
+
+
+def configs(args):
+    lp, lr, lc = (int(x) for x in args.layers.split(","))
+    mc = ModelConfig(vocab_size=args.vocab, hidden=args.hidden, heads=args.heads, mlp_hidden=args.mlp,
+                     prelude_layers=lp, core_layers=lr, coda_layers=lc, context=args.seq,
+                     init_recurrence=args.mean_recurrence)
+    return mc, {"bptt": BPTTConfig(mean_recurrence=args.mean_recurrence, backprop_depth=args.backprop_depth),
+                "diffusion_blocks": DiffusionBlocksConfig(num_bands=args.num_bands, sigma_per=args.sigma_per)}
+
+
+def build(mc, name, oc, device, seed):
+    torch.manual_seed(seed)
+    model = RecurrentDepthLM(dataclasses.replace(mc, sigma_conditioning=name == "diffusion_blocks")).to(device)
+    objective = (BPTTObjective if name == "bptt" else DiffusionBlocksObjective)(oc, seed=seed)
+    return model, objective, torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+
+def make_batch(args, step, device, rows=None):
+    g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+    ids = torch.randint(0, args.vocab, (rows or args.batch, args.seq + 1), generator=g).to(device)
+    return {"input_ids": ids[:, :-1], "target_ids": ids[:, 1:],
+            "loss_mask": torch.ones(ids.shape[0], args.seq, dtype=torch.bool, device=device)}
+
+
+def train_step(model, objective, opt, batch, step, autocast, count_flops=False):
+    """One AdamW step; returns the FlopCounterMode count when asked (the forward+backward)."""
+    flops = None
+    with autocast():
+        if count_flops:
+            flops = compute.measure_step_flops(model, objective, batch, step)
+        else:
+            loss, _ = objective.loss(model, batch, step)
+            loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return flops
+
+
+def _rss(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_probe(args) -> int:
+    """Child process: peak RSS one training step adds on top of weights + AdamW state (bytes)."""
+    mc, ocs = configs(args)
+    name = args.memory_probe
+    oc = ocs[name]
+    model, objective, opt = build(mc, name, oc, torch.device("cpu"), args.seed)
+    step = 0
+    if name == "bptt":  # the smallest r > k (a cheap step with every kind of iteration)
+        rs = {s: sample_recurrence(s, oc, args.seed) for s in range(1000)}
+        k = oc.backprop_depth
+        step = min(rs, key=lambda s: (rs[s] <= k, rs[s] if rs[s] > k else -rs[s]))
+    train_step(model, objective, opt, make_batch(args, step, "cpu", rows=1), step, contextlib.nullcontext)
+    gc.collect()
+    base = _rss("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS high-water mark
+    train_step(model, objective, opt, make_batch(args, step, "cpu"), step, contextlib.nullcontext)
+    print(json.dumps({"peak_delta": _rss("VmHWM") - base,
+                      "r": sample_recurrence(step, oc, args.seed) if name == "bptt" else None}))
+    return 0
+
+
+def cpu_memory(argv, name) -> dict:
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
+    out = subprocess.run([sys.executable, __file__, *argv, "--memory-probe", name],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run(args, argv) -> dict:
+    device = torch.device("cuda" if args.gpu else "cpu")
+    if args.gpu and not torch.cuda.is_available():
+        raise SystemExit("bench_train: --gpu needs CUDA")
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if args.gpu else contextlib.nullcontext
+    sync = torch.cuda.synchronize if args.gpu else (lambda: None)
+    mc, ocs = configs(args)
+    peak_dtype = torch.bfloat16 if args.gpu else torch.float32
+    peak = compute.measure_peak(peak_dtype, seconds=args.peak_seconds, device=device)
+    runs = {name: build(mc, name, ocs[name], device, args.seed) for name in NAMES}
+    res = {name: {"times": [], "flops_at_r": [], "r": [], "mem": []} for name in NAMES}
+    for step in range(args.warmup + args.steps):
+        batch = make_batch(args, step, device)
+        for name in NAMES:  # interleaved: one step of each, in turn
+            model, objective, opt = runs[name]
+            r = sample_recurrence(step, ocs[name], args.seed) if name == "bptt" else None
+            if args.gpu:
+                sync()
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            measured = train_step(model, objective, opt, batch, step, autocast, count_flops=step == 0)
+            sync()
+            dt = time.perf_counter() - t0
+            rr = res[name]
+            if step == 0:
+                rr["measured"], rr["measured_r"] = measured, r
+                rr["analytic_at_measured_r"] = compute.train_flops(mc, ocs[name], args.batch, args.seq, r=r)["total"]
+            if step < args.warmup:
+                continue
+            rr["times"].append(dt)
+            rr["r"].append(r)
+            rr["flops_at_r"].append(compute.train_flops(mc, ocs[name], args.batch, args.seq, r=r)["total"])
+            if args.gpu:
+                rr["mem"].append(torch.cuda.max_memory_allocated() - base)
+    tokens = args.batch * args.seq
+    for name in NAMES:
+        rr = res[name]
+        rr["expected"] = compute.train_flops(mc, ocs[name], args.batch, args.seq)["total"]
+        rr["median_s"] = statistics.median(rr["times"])
+        rr["tokens_per_s"] = tokens * len(rr["times"]) / sum(rr["times"])
+        rr["achieved"] = sum(rr["flops_at_r"]) / sum(rr["times"])
+        rr["mfu"] = rr["achieved"] / peak
+        rr["s_at_expected"] = rr["expected"] / rr["achieved"]
+        if args.gpu:
+            rr["peak_mem"], rr["mem_r"] = max(rr["mem"]), None
+        else:
+            probe = cpu_memory(argv, name)
+            rr["peak_mem"], rr["mem_r"] = probe["peak_delta"], probe["r"]
+        rr["mem_est"] = compute.activation_memory(mc, ocs[name], args.batch, args.seq,
+                                                  bytes_per_element=2 if args.gpu else 4)["peak"]
+    backend = select_attention_backend(mc.attention, device)
+    return {"device": torch.cuda.get_device_name() if args.gpu else f"cpu ({torch.get_num_threads()} threads)",
+            "precision": "bf16 autocast" if args.gpu else "fp32", "attention": backend,
+            "peak_flops": peak, "peak_dtype": str(peak_dtype).removeprefix("torch."),
+            "shape": {"vocab": args.vocab, "hidden": args.hidden, "heads": args.heads, "mlp": args.mlp,
+                      "layers": args.layers, "batch": args.batch, "seq": args.seq,
+                      "mean_recurrence": args.mean_recurrence, "backprop_depth": args.backprop_depth,
+                      "num_bands": args.num_bands, "sigma_per": args.sigma_per},
+            "E_r": compute.expected_iterations(ocs["bptt"])["r"], "results": res}
+
+
+def _f(x: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3f}{unit}"
+    return f"{x:.0f}"
+
+
+def report(out: dict) -> str:
+    s, b, d = out["shape"], out["results"]["bptt"], out["results"]["diffusion_blocks"]
+    lines = [f"device {out['device']}, {out['precision']}, attention {out['attention']}; "
+             f"{out['peak_dtype']} matmul peak {out['peak_flops'] / 1e9:,.1f} GFLOP/s",
+             f"shape V={s['vocab']} h={s['hidden']} heads={s['heads']} mlp={s['mlp']} layers={s['layers'].replace(',', '/')} "
+             f"batch {s['batch']}×{s['seq']}; BPTT r̄={s['mean_recurrence']} k={s['backprop_depth']} (E[r]={out['E_r']:.2f}); "
+             f"DB {s['num_bands']} bands, σ per {s['sigma_per']}",
+             f"BPTT r: FLOP-counted warm-up step {b['measured_r']}, timed steps {', '.join(map(str, b['r']))}"
+             + (f"; memory probe {b['mem_r']}" if b["mem_r"] else ""), ""]
+    mib = 2 ** 20
+    rows = [
+        (f"measured FLOPs/step (r={b['measured_r']})", b["measured"], d["measured"], _f),
+        ("analytic FLOPs/step, same r", b["analytic_at_measured_r"], d["analytic_at_measured_r"], _f),
+        ("measured/analytic", b["measured"] / b["analytic_at_measured_r"], d["measured"] / d["analytic_at_measured_r"], "{:.4f}".format),
+        ("analytic E[FLOPs]/step (E over r)", b["expected"], d["expected"], _f),
+        ("median s/step (timed steps)", b["median_s"], d["median_s"], "{:.3f}".format),
+        ("s/step at E[r] (achieved rate)", b["s_at_expected"], d["s_at_expected"], "{:.3f}".format),
+        ("tokens/s", b["tokens_per_s"], d["tokens_per_s"], "{:,.0f}".format),
+        ("achieved FLOP/s (analytic at r)", b["achieved"], d["achieved"], _f),
+        ("MFU", b["mfu"], d["mfu"], "{:.1%}".format),
+        ("peak memory Δ/step, measured MiB", b["peak_mem"] / mib, d["peak_mem"] / mib, "{:,.0f}".format),
+        ("peak memory Δ/step, est. MiB", b["mem_est"] / mib, d["mem_est"] / mib, "{:,.0f}".format),
+    ]
+    lines.append(f"{'':<36}{'bptt':>12}{'db':>12}{'bptt/db':>10}")
+    for label, x, y, fmt in rows:
+        lines.append(f"{label:<36}{fmt(x):>12}{fmt(y):>12}{x / y:>9.2f}x")
+    lines += ["",
+              f"ratio BPTT/DB analytic E[FLOPs]/step: {b['expected'] / d['expected']:.2f}x",
+              f"ratio BPTT/DB measured FLOPs/step (BPTT r={b['measured_r']}): {b['measured'] / d['measured']:.2f}x",
+              f"ratio BPTT/DB median s/step (BPTT r={', '.join(map(str, b['r']))}): {b['median_s'] / d['median_s']:.2f}x",
+              f"ratio BPTT/DB s/step at E[r]: {b['s_at_expected'] / d['s_at_expected']:.2f}x",
+              f"ratio BPTT/DB tokens/s: {b['tokens_per_s'] / d['tokens_per_s']:.2f}x",
+              f"ratio BPTT/DB peak memory per step: {b['peak_mem'] / d['peak_mem']:.2f}x"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.memory_probe:
+        return memory_probe(args)
+    out = run(args, argv)
+    print(report(out), flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from huginn_db import compute
+from huginn_db.model import ModelConfig, RecurrentDepthLM
+from huginn_db.objectives import (BPTTConfig, BPTTObjective, DiffusionBlocksConfig,
+                                  DiffusionBlocksObjective, sample_recurrence)
+
+from tests.conftest import RECIPES, ROOT
+
+TINY = ModelConfig(vocab_size=50, hidden=32, heads=4, mlp_hidden=64, prelude_layers=1, core_layers=2,
+                   coda_layers=1, context=16, init_recurrence=4)
+PAPER = ModelConfig(vocab_size=32000, hidden=512, heads=8, mlp_hidden=2048, prelude_layers=2,
+                    core_layers=4, coda_layers=2, context=256, init_recurrence=32)
+OBJECTIVES = {
+    "bptt": BPTTConfig(mean_recurrence=6, backprop_depth=2),
+    "db_sequence": DiffusionBlocksConfig(),
+    "db_token": DiffusionBlocksConfig(sigma_per="token"),
+}
+
+
+def _batch(B, T, V):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, V, (B, T + 1), generator=g)
+    return {"input_ids": ids[:, :-1], "target_ids": ids[:, 1:], "loss_mask": torch.ones(B, T, dtype=torch.bool)}
+
+
+def _objective(oc):
+    return DiffusionBlocksObjective(oc) if isinstance(oc, DiffusionBlocksConfig) else BPTTObjective(oc)
+
+
+def _short_step(oc: BPTTConfig) -> int:
+    """A step whose r is just above k: both no-grad and grad iterations, and cheap."""
+    k = oc.backprop_depth
+    return next(s for s in range(100_000) if k < sample_recurrence(s, oc) <= k + 3)
+
+
+def _model(mc, oc):
+    return RecurrentDepthLM(dataclasses.replace(mc, sigma_conditioning=isinstance(oc, DiffusionBlocksConfig)))
+
+
+@pytest.fixture(scope="module")
+def paper_model():
+    """One σ-conditioned paper-shape model (52.9M parameters, slow to initialise): BPTT's
+    recurrence passes no σ, so it runs exactly the plain model's matmuls on it."""
+    torch.manual_seed(0)
+    return RecurrentDepthLM(dataclasses.replace(PAPER, sigma_conditioning=True))
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_analytic_train_flops_match_flop_counter_tiny(name):
+    oc = OBJECTIVES[name]
+    B, T = 4, 12
+    model = _model(TINY, oc)
+    step = _short_step(oc) if name == "bptt" else 3
+    r = sample_recurrence(step, oc) if name == "bptt" else None
+    measured = compute.measure_step_flops(model, _objective(oc), _batch(B, T, TINY.vocab_size), step)
+    analytic = compute.train_flops(TINY, oc, B, T, r=r)
+    assert measured == pytest.approx(analytic["total"], rel=0.02)
+    assert set(analytic) == {*compute.TRAIN_PARTS, "total"}
+    assert model.prelude[0].attn.qkv.weight.grad is not None  # a real backward ran
+
+
+def test_flop_counter_counts_cpu_attention():
+    """Plain FlopCounterMode sees 0 FLOPs in CPU SDPA; ours counts torch's full-T² formula."""
+    q = torch.randn(2, 4, 16, 8, requires_grad=True)
+    with compute.flop_counter() as fc:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
+    fwd = 2 * 2 * (2 * 4 * 16 * 16 * 8)  # QKᵀ and P·V over the full 16×16 scores
+    assert fc.get_total_flops() == fwd + 2.5 * fwd
+
+
+@pytest.mark.parametrize("name", ["bptt", "db_sequence"])
+def test_analytic_train_flops_match_flop_counter_paper_shape(paper_model, name):
+    oc = BPTTConfig() if name == "bptt" else DiffusionBlocksConfig(num_bands=32)
+    B, T = 1, 32
+    step = _short_step(oc) if name == "bptt" else 0
+    r = sample_recurrence(step, oc) if name == "bptt" else None
+    measured = compute.measure_step_flops(paper_model, _objective(oc), _batch(B, T, PAPER.vocab_size), step)
+    paper_model.zero_grad(set_to_none=True)
+    assert measured == pytest.approx(compute.train_flops(PAPER, oc, B, T, r=r)["total"], rel=0.02)
+
+
+def test_param_counts_equal_num_parameters(paper_model):
+    for mc in (TINY, dataclasses.replace(TINY, sigma_embed_dim=16)):
+        for cond in (False, True):
+            model = RecurrentDepthLM(dataclasses.replace(mc, sigma_conditioning=cond))
+            counted = compute.param_counts(mc, cond)
+            assert {k: counted[k] for k in model.num_parameters()} == model.num_parameters()
+            assert (counted["adaln"] > 0) == cond
+    counted = compute.param_counts(PAPER, True)
+    assert {k: counted[k] for k in paper_model.num_parameters()} == paper_model.num_parameters()
+
+
+def test_expected_bptt_flops_match_monte_carlo():
+    oc = BPTTConfig()  # r̄ = 32, k = 8
+    pmf = compute.recurrence_pmf(oc)
+    r = np.arange(1, len(pmf) + 1)
+    assert pmf.sum() == pytest.approx(1.0, abs=1e-9)
+    assert (pmf * r).sum() == pytest.approx(oc.mean_recurrence + 1, rel=1e-6)  # E[r] = r̄ + 1
+    e = compute.expected_iterations(oc)
+    assert e["grad"] == pytest.approx((pmf * np.minimum(r, 8)).sum(), rel=1e-9)
+    draws = [sample_recurrence(s, oc) for s in range(20_000)]
+    assert np.mean(np.minimum(draws, 8)) == pytest.approx(e["grad"], abs=0.01)
+    mc_flops = np.mean([compute.train_flops(PAPER, oc, 32, 256, r=x)["total"] for x in draws])
+    assert mc_flops == pytest.approx(compute.train_flops(PAPER, oc, 32, 256)["total"], rel=0.005)
+
+
+def test_checkpoint_recompute_adds_one_forward_of_the_grad_iterations():
+    oc = BPTTConfig()
+    plain = compute.train_flops(PAPER, oc, 2, 64, r=20)
+    ckpt = compute.train_flops(PAPER, oc, 2, 64, r=20, checkpoint_core=True)
+    core_fwd = compute.train_flops(PAPER, oc, 2, 64, r=9)["core_nograd"]  # one no-grad iteration
+    assert ckpt["recompute"] == pytest.approx(8 * core_fwd)
+    assert ckpt["total"] - plain["total"] == pytest.approx(8 * core_fwd)
+
+
+@pytest.mark.parametrize("mc", [TINY, PAPER], ids=["tiny", "paper"])
+def test_inference_db_iteration_costs_more_than_huginn(mc):
+    bp, db = BPTTConfig(), DiffusionBlocksConfig()
+    for K in (1, 4, 8, 32):
+        b = compute.inference_flops(mc, bp, K, mc.context)
+        d = compute.inference_flops(mc, db, K, mc.context)
+        assert d["per_iteration"] > b["per_iteration"]
+        # DB's iteration adds the coda and the head twice (logits, then softmax·Ê) to Huginn's core
+        extra = d["per_iteration"] - b["per_iteration"]
+        assert extra == pytest.approx(d["coda"] / K + 2 * d["head"] / K + d["adaln"] / K)
+        assert d["readout"] == d["head"] == K * 2 * mc.hidden * mc.vocab_size
+    heun = compute.inference_flops(mc, dataclasses.replace(db, sampler="heun"), 8, mc.context)
+    core = compute.inference_flops(mc, bp, 1, mc.context)["per_iteration"]
+    assert heun["core"] == 15 * core  # 2K − 1 denoiser evaluations
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_activation_estimate_matches_saved_tensors(name):
+    oc = OBJECTIVES[name]
+    B, T = 4, 12
+    step = _short_step(oc) if name == "bptt" else 3
+    saved = compute.measure_saved_activations(_model(TINY, oc), _objective(oc), _batch(B, T, TINY.vocab_size), step)
+    est = compute.activation_memory(TINY, oc, B, T)
+    assert saved == pytest.approx(est["saved"], rel=0.05)
+    assert est["peak"] > est["saved"]
+
+
+def test_flops_cli_paper_recipe(capsys):
+    assert compute.main([str(RECIPES / "paper-lm1b-db.yaml")]) == 0
+    text = capsys.readouterr().out
+    ratio = float(re.search(r"ratio BPTT/DB training FLOPs per step \(E over r\): ([\d.]+)x", text).group(1))
+    assert 5.0 < ratio < 7.0
+    for part in ("prelude", "core_grad", "core_nograd", "coda", "head", "adaln"):
+        assert re.search(rf"^\s+{part}\s", text, re.M), part
+    assert compute.main([str(RECIPES / "paper-lm1b-db.yaml"), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["train_ratio"] == pytest.approx(ratio, abs=0.01)
+    assert 1 + sum(rep["train_ratio_by_part"].values()) == pytest.approx(rep["train_ratio"])
+    assert set(rep["train"]["bptt"]["per_step"]) == {*compute.TRAIN_PARTS, "total"}
+    assert set(rep["inference"]["bptt"]) == {"1", "4", "8", "32"}
+    assert all(rep["inference_ratio"][K] > 1 for K in ("4", "8", "32"))
+
+
+def test_flops_cli_huginn_shape_ratio_and_bad_override(capsys):
+    assert compute.main([str(RECIPES / "huginn-3.5b-db.yaml"), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert 7.0 < rep["train_ratio"] < 9.0
+    assert rep["params"]["bptt"]["total"] == pytest.approx(3.56e9, rel=0.01)
+    assert compute.main([str(RECIPES / "paper-lm1b-db.yaml"), "model.hiden=3"]) == 2
+
+
+def test_flops_cli_measure_tiny_recipe(capsys):
+    assert compute.main([str(RECIPES / "demo-db.yaml"), "--measure", "--measure-seq", "16", "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)["measured"]
+    for name in ("bptt", "diffusion_blocks"):
+        assert m[name]["measured"] == pytest.approx(m[name]["analytic"], rel=0.02)
+
+
+def test_peak_cli(capsys):
+    assert compute.measure_peak(torch.float32, n=128, seconds=0.05) > 0
+    assert compute.main_peak(["--json", "--n", "128", "--seconds", "0.05"]) == 0
+    peaks = json.loads(capsys.readouterr().out)["flops_per_s"]
+    assert peaks["bf16"] > 0 and peaks["fp32"] > 0
+
+
+def test_bench_train_quick(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "eval" / "bench_train.py"), "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    ratios = [l for l in proc.stdout.splitlines() if l.startswith("ratio BPTT/DB")]
+    assert len(ratios) == 6 and all(re.search(r": [\d.]+x$", l) for l in ratios)
+    res = json.loads(out.read_text())["results"]
+    for r in res.values():
+        assert r["measured"] == pytest.approx(r["analytic_at_measured_r"], rel=0.02)
+        assert r["peak_mem"] > 0 and r["median_s"] > 0

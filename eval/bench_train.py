@@ -46,7 +46,8 @@ from huginn_db.objectives import (BPTTConfig, BPTTObjective, DiffusionBlocksConf
 
 NAMES = ("bptt", "diffusion_blocks")
 QUICK = dict(vocab=512, hidden=64, heads=4, mlp=256, layers="1,2,1", seq=32, batch=4,
-             mean_recurrence=8, backprop_depth=2, steps=2, warmup=1, peak_seconds=0.3)
+             mean_recurrence=8, backprop_depth=2, steps=2, warmup=1, peak_seconds=0.3,
+             threads=1)  # tiny matmuls: a second thread only adds synchronisation
 
 
 def parse_args(argv):
@@ -68,6 +69,7 @@ def parse_args(argv):
     ap.add_argument("--num-bands", type=int, default=DiffusionBlocksConfig.num_bands)
     ap.add_argument("--sigma-per", default="sequence", choices=("sequence", "token"))
     ap.add_argument("--peak-seconds", type=float, default=1.0, help="matmul peak benchmark time")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--memory-probe", choices=NAMES, help=argparse.SUPPRESS)  # internal: one CPU memory probe
@@ -262,6 +264,8 @@ def report(out: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_probe:
         return memory_probe(args)
     out = run(args, argv)

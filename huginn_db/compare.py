@@ -72,14 +72,14 @@ def compare(recipe: str, mode: str, seeds: list[int], num_steps: list[int], task
                                  f"train.max_steps={steps[obj]}", "eval.num_steps=[]"])
             evaluate_run(run, tasks, num_steps, limit, seed)
             runs.append(run)
-    return write_report(runs, out, mode=mode)
+    return write_report(runs, out)
 
 
 def evaluate_run(run: Path, tasks: list[str], num_steps: list[int], limit: int | None, seed: int) -> dict:
     """lm-eval at each depth; eval/lm_eval.json holds {K: {task: {metric: value}}}."""
     from huginn_db.lm_eval import evaluate
 
-    results = evaluate(str(run), tasks, num_steps, limit=limit, seed=seed)
+    results = evaluate(str(run), tasks, num_steps, limit=limit, model_args={"seed": seed})
     scores = {str(K): {t: {m: v for m, v in r.items() if isinstance(v, (int, float)) and not m.endswith("_stderr,none")}
                        for t, r in res["results"].items()} for K, res in results.items()}
     (run / "eval").mkdir(exist_ok=True)
@@ -116,10 +116,12 @@ def _headline_metric(task_scores: dict) -> tuple[str, float] | None:
     return None
 
 
-def write_report(runs: list[Path], out: Path, mode: str = "step") -> Path:
+def write_report(runs: list[Path], out: Path) -> Path:
     data = [_load(Path(r)) for r in runs]
     out.mkdir(parents=True, exist_ok=True)
     by_obj = {o: [d for d in data if d["objective"] == o] for o in OBJECTIVES}
+    # equal step counts: step-matched; otherwise the steps were set from a FLOP budget
+    mode = "step" if len({d["train"][-1]["step"] for d in data if d["train"]}) == 1 else "compute"
     lines = [f"# DiffusionBlocks vs truncated BPTT ({mode}-matched)", ""]
     lines += ["## Training cost", "",
               "| | steps | tokens | train FLOPs | FLOPs/step | wall time (s) | s/step (median) | tokens/s | peak mem (MiB) | final loss |",

@@ -149,9 +149,9 @@ def recurrence_pmf(cfg: BPTTConfig, r_max: int | None = None, nodes: int = 96) -
     x, w = np.polynomial.hermite_e.hermegauss(nodes)
     lam = np.exp(mu + s * x)
     w = w / w.sum()
-    if r_max is None:  # far into the tail: mean + 12 sd of r
-        var = cfg.mean_recurrence + cfg.mean_recurrence ** 2 * math.expm1(s * s)
-        r_max = int(cfg.mean_recurrence + 1 + 12 * math.sqrt(var)) + 1
+    if r_max is None:  # far into the tail: e^τ at τ's +8 sd, plus 10 Poisson sd
+        lam_hi = math.exp(mu + 8 * s)
+        r_max = int(lam_hi + 10 * math.sqrt(lam_hi)) + 2
     n = np.arange(r_max)[:, None]
     log_p = n * np.log(lam)[None, :] - lam[None, :] - np.vectorize(math.lgamma)(n + 1.0)
     return np.exp(log_p) @ w

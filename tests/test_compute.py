@@ -46,6 +46,16 @@ def _model(mc, oc):
     return RecurrentDepthLM(dataclasses.replace(mc, sigma_conditioning=isinstance(oc, DiffusionBlocksConfig)))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine a second OpenMP thread that has to wait
+    for a busy core made the paper-shape step ~10× slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def paper_model():
     """One σ-conditioned paper-shape model (52.9M parameters, slow to initialise): BPTT's

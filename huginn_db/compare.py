@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -155,13 +156,9 @@ def write_report(runs: list[Path], out: Path) -> Path:
             for K in Ks:
                 cells, metric = [], None
                 for o in OBJECTIVES:
-                    vals = []
-                    for d in by_obj[o]:
-                        hm = _headline_metric(d["scores"].get(K, {}).get(t, {}))
-                        if hm:
-                            metric = hm[0]
-                            vals.append(hm[1])
-                    cells.append(_fmt(vals))
+                    hms = [hm for d in by_obj[o] if (hm := _headline_metric(d["scores"].get(K, {}).get(t, {})))]
+                    metric = metric or (hms[0][0] if hms else None)
+                    cells.append(_fmt([v for _, v in hms]))
                 if metric:
                     lines.append(f"| {t} | {metric} | {K} | {cells[0]} | {cells[1]} |")
     plots = _plots(data, by_obj, Ks, tasks, out)
@@ -172,6 +169,11 @@ def write_report(runs: list[Path], out: Path) -> Path:
     return report
 
 
+def _mean_score(ds: list[dict], K: str, task: str) -> float:
+    vals = [hm[1] for d in ds if (hm := _headline_metric(d["scores"].get(K, {}).get(task, {})))]
+    return statistics.mean(vals) if vals else float("nan")
+
+
 def _plots(data, by_obj, Ks, tasks, out: Path) -> list[Path]:
     import matplotlib
 
@@ -180,60 +182,43 @@ def _plots(data, by_obj, Ks, tasks, out: Path) -> list[Path]:
 
     colors = {"diffusion_blocks": "tab:blue", "bptt": "tab:orange"}
     paths = []
+
+    def save(fig, ax, name, title, xlabel, ylabel):
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        paths.append(out / name)
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for o, ds in by_obj.items():
         for i, d in enumerate(ds):
-            xs = [r.get("flops", r["tokens"]) for r in d["train"]]
-            ax.plot(xs, [r["loss"] for r in d["train"]], color=colors[o], alpha=0.8,
-                    label=SHORT[o] if i == 0 else None)
-    ax.set_xlabel("training FLOPs" if all("flops" in d["train"][-1] for d in data) else "tokens")
-    ax.set_ylabel("training loss")
+            ax.plot([r["flops"] for r in d["train"]], [r["loss"] for r in d["train"]], color=colors[o],
+                    alpha=0.8, label=SHORT[o] if i == 0 else None)
     ax.set_yscale("log")
-    ax.legend()
-    ax.set_title("Loss vs training compute")
-    paths.append(out / "loss_vs_flops.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    save(fig, ax, "loss_vs_flops.png", "Loss vs training compute", "training FLOPs (analytic)", "training loss")
 
-    group = [t for t in tasks if not t.rsplit("_", 1)[-1].startswith("d")] or tasks
-    if Ks and group:
-        t = group[0]
+    # the headline task: a group (reasoning_chain) rather than one difficulty, when present
+    headline = [t for t in tasks if not re.fullmatch(r".*_d\d+", t)] or tasks
+    if Ks and headline:
         fig, ax = plt.subplots(figsize=(6, 4))
         for o, ds in by_obj.items():
-            ys = []
-            for K in Ks:
-                vals = [hm[1] for d in ds if (hm := _headline_metric(d["scores"].get(K, {}).get(t, {})))]
-                ys.append(statistics.mean(vals) if vals else float("nan"))
-            ax.plot([int(K) for K in Ks], ys, marker="o", color=colors[o], label=SHORT[o])
+            ax.plot([int(K) for K in Ks], [_mean_score(ds, K, headline[0]) for K in Ks], marker="o",
+                    color=colors[o], label=SHORT[o])
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("test-time iterations K")
-        ax.set_ylabel(t)
-        ax.legend()
-        ax.set_title("Score vs test-time iterations")
-        paths.append(out / "score_vs_iterations.png")
-        fig.tight_layout()
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        save(fig, ax, "score_vs_iterations.png", "Score vs test-time iterations", "test-time iterations K", headline[0])
 
-    per_d = sorted((t for t in tasks if t.rsplit("_", 1)[-1][:1] == "d" and t.rsplit("_", 1)[-1][1:].isdigit()),
-                   key=lambda t: int(t.rsplit("_d", 1)[-1]))
+    per_d = sorted((t for t in tasks if re.fullmatch(r".*_d\d+", t)), key=lambda t: int(t.rsplit("_d", 1)[-1]))
     if Ks and per_d:
         fig, ax = plt.subplots(figsize=(6, 4))
+        hops = [int(t.rsplit("_d", 1)[-1]) for t in per_d]
         for o, ds in by_obj.items():
             for K, style in ((Ks[0], ":"), (Ks[-1], "-")):
-                ys = [statistics.mean([hm[1] for d in ds if (hm := _headline_metric(d["scores"].get(K, {}).get(t, {})))] or [float("nan")])
-                      for t in per_d]
-                ax.plot(range(1, len(per_d) + 1), ys, style, marker="o", color=colors[o], label=f"{SHORT[o]} K={K}")
-        ax.set_xlabel("difficulty (hops)")
-        ax.set_ylabel("exact match")
+                ax.plot(hops, [_mean_score(ds, K, t) for t in per_d], style, marker="o", color=colors[o],
+                        label=f"{SHORT[o]} K={K}")
         ax.set_ylim(-0.02, 1.02)
-        ax.legend()
-        ax.set_title("Accuracy per difficulty")
-        paths.append(out / "accuracy_per_difficulty.png")
-        fig.tight_layout()
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        save(fig, ax, "accuracy_per_difficulty.png", "Accuracy per difficulty", "difficulty (hops)", "exact match")
     return paths
 
 

@@ -13,13 +13,13 @@ drawn per step from the step index, so its FLOPs and time vary; the table also g
 expectation over r). Time is the full training step (forward, backward, AdamW); s/step is the
 median over the timed steps, tokens/s and achieved FLOP/s use their totals, MFU divides the
 achieved rate (analytic FLOPs at the sampled r) by a measured matmul peak (fp32 on CPU, bf16 on
-CUDA). Peak memory is what one training step adds on top of weights and optimizer state:
+CUDA; the best of before and after the runs). Peak memory is what one training step adds on top of weights and optimizer state:
 CUDA: max_memory_allocated after a reset, minus memory_allocated before the step; CPU: a fresh
 process per objective (glibc told to return freed tensors, MALLOC_MMAP_THRESHOLD_, so RSS follows
 live memory), warmed up on one sequence, then the peak-RSS high-water mark (reset through
 /proc/self/clear_refs) minus the RSS before the step. BPTT's probe uses the first step whose r
 is just above k: its memory does not depend on the no-grad iterations, only on k. The `est.`
-row is `compute.activation_memory` (saved activations + the logits/embedding gradients).
+row is `compute.activation_memory` (saved activations + the logits gradients).
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def parse_args(argv):
     ap.add_argument("--gpu", action="store_true", help="CUDA, bf16 autocast")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per objective")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per objective (the first is FLOP-counted)")
-    ap.add_argument("--batch", type=int, default=2,
+    ap.add_argument("--batch", type=int, default=4,
                     help="sequences per step (default: time-bound on 2 CPU cores; the est. memory row shows how far it can go)")
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--vocab", type=int, default=32000)
@@ -135,10 +135,9 @@ def memory_probe(args) -> int:
     oc = ocs[name]
     model, objective, opt = build(mc, name, oc, torch.device("cpu"), args.seed)
     step = 0
-    if name == "bptt":  # the smallest r > k (a cheap step with every kind of iteration)
+    if name == "bptt":  # the smallest r > k: a cheap step with all k grad iterations
         rs = {s: sample_recurrence(s, oc, args.seed) for s in range(1000)}
-        k = oc.backprop_depth
-        step = min(rs, key=lambda s: (rs[s] <= k, rs[s] if rs[s] > k else -rs[s]))
+        step = min((s for s in rs if rs[s] > oc.backprop_depth), key=rs.get, default=max(rs, key=rs.get))
     train_step(model, objective, opt, make_batch(args, step, "cpu", rows=1), step, contextlib.nullcontext)
     gc.collect()
     base = _rss("VmRSS")
@@ -151,9 +150,11 @@ def memory_probe(args) -> int:
 
 def cpu_memory(argv, name) -> dict:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
-    out = subprocess.run([sys.executable, __file__, *argv, "--memory-probe", name],
-                         env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    proc = subprocess.run([sys.executable, __file__, *argv, "--memory-probe", name],
+                          env=env, capture_output=True, text=True)
+    if proc.returncode:  # e.g. no /proc/self/clear_refs (not Linux)
+        raise SystemExit(f"bench_train: the {name} memory probe failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def run(args, argv) -> dict:
@@ -191,6 +192,8 @@ def run(args, argv) -> dict:
             rr["flops_at_r"].append(compute.train_flops(mc, ocs[name], args.batch, args.seq, r=r)["total"])
             if args.gpu:
                 rr["mem"].append(torch.cuda.max_memory_allocated() - base)
+    # the peak again after the runs: the better of the two is less likely to carry load spikes
+    peak = max(peak, compute.measure_peak(peak_dtype, seconds=args.peak_seconds, device=device))
     tokens = args.batch * args.seq
     for name in NAMES:
         rr = res[name]

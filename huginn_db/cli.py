@@ -6,6 +6,8 @@
     huginn-db compare RECIPE.yaml [--mode step|compute] [--seeds ...] [key=value ...]
                                                          train DB and BPTT, lm-eval both, report
     huginn-db report RUN_DIR [RUN_DIR ...]               rebuild report.md and plots from runs
+    huginn-db flops RECIPE.yaml [key=value ...] [--json]   analytic compute per step / token
+    huginn-db peak [--json]                              this machine's matmul FLOP/s (MFU)
     huginn-db export RUN_DIR --out DIR                   consolidated safetensors + config
     huginn-db tokenizer train --input F... --vocab-size N --out DIR
 """
@@ -44,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         from huginn_db import compare
 
         return compare.main_compare(rest) if cmd == "compare" else compare.main_report(rest)
+    if cmd in ("flops", "peak"):
+        from huginn_db import compute
+
+        return compute.main(rest) if cmd == "flops" else compute.main_peak(rest)
     if cmd == "export":
         from huginn_db.checkpoint import main as export_main
 
@@ -52,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         from huginn_db.tokenizer import main as tokenizer_main
 
         return tokenizer_main(rest)
-    print(f"huginn-db: error: unknown command {cmd!r} (try train, demo, eval, compare, report, export, tokenizer)", file=sys.stderr)
+    print(f"huginn-db: error: unknown command {cmd!r} (try train, demo, eval, compare, report, flops, peak, export, tokenizer)", file=sys.stderr)
     return 2
 
 

@@ -46,7 +46,7 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("objective,stage", [("db", 3), ("bptt", 3), ("db", 1), ("bptt", 2)])
+@pytest.mark.parametrize("objective,stage", [("db", "3"), ("bptt", "3"), ("db", "1"), ("bptt", "2"), ("db", "2-offload")])
 def test_two_process_zero(objective, stage, tmp_path):
     run = tmp_path / "run"
     launch(objective, run, "train.max_steps=4", "train.micro_batch_size=8", f"deepspeed=deepspeed/zero{stage}.json", nproc=2)

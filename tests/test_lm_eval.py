@@ -225,10 +225,10 @@ def test_every_local_task_runs_offline(runs, data_root, monkeypatch):
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     res = hl.evaluate(runs["db_text"], LOCAL_TASKS, [2], limit=2, data_root=data_root, **FAST)[2]["results"]
-    for task in LOCAL_TASKS[1:] + [f"reasoning_chain_d{d}" for d in range(1, 7)]:
+    for task in LOCAL_TASKS[1:] + [f"reasoning_chain_d{d}" for d in range(1, 9)]:
         metrics = {k: v for k, v in res[task].items() if "," in k and "stderr" not in k}
         assert metrics and all(math.isfinite(v) for v in metrics.values()), (task, res[task])
-    assert res["reasoning_chain"]["sample_len"] == 12
+    assert res["reasoning_chain"]["sample_len"] == 16  # 8 difficulties x limit 2
 
 
 def test_num_steps_sweep(runs, monkeypatch):

@@ -21,3 +21,12 @@ def data_root() -> Path:
     if not root.is_dir():
         pytest.skip(f"shared data not found at {root} (set HUGINN_DB_DATA)")
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls: a second OpenMP thread only adds synchronisation (10× slower on a busy CPU)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

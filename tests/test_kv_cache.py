@@ -24,12 +24,8 @@ def _db(sampler="euler"):
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls: a second OpenMP thread only adds synchronisation (10× slower on a busy CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
 
 
 OBJECTIVES = {"bptt": _bptt, "db-euler": _db, "db-heun": lambda: _db("heun")}

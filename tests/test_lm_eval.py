@@ -24,12 +24,8 @@ FAST = dict(bootstrap_iters=0, log_samples=False)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls: a second OpenMP thread only adds synchronisation (10× slower on a busy CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
 
 
 def _export(directory, objective: str, tok, context: int):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,9 @@ class ModelConfig:
     sigma_conditioning: bool = False  # AdaLN-Zero in core + coda (set by the DB objective)
     sigma_embed_dim: int = 128
     attention: str = "auto"  # auto | sdpa | xformers
+    # BPTT: recompute each grad core iteration in backward instead of keeping its activations
+    # (activation checkpointing per iteration, as Huginn trains); costs one more core forward
+    checkpoint_core: bool = False
 
     @property
     def head_dim(self) -> int:
@@ -359,7 +363,10 @@ class RecurrentDepthLM(nn.Module):
                     s = self.core_step(s, e, cache=cache)
             s = s.detach()
         for _ in range(k):
-            s = self.core_step(s, e, cache=cache)
+            if self.cfg.checkpoint_core and torch.is_grad_enabled() and cache is None:
+                s = torch.utils.checkpoint.checkpoint(self.core_step, s, e, use_reentrant=False)
+            else:
+                s = self.core_step(s, e, cache=cache)
         return self.decode(s, cache=cache)
 
     def clean_embeddings(self) -> torch.Tensor:

@@ -289,9 +289,10 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
             tokens += batch["input_ids"].numel() * world
             # analytic FLOPs of this micro-step on every rank (BPTT: at the r actually drawn)
             flops += world * train_flops(cfg.model, cfg.objective_config(), *batch["input_ids"].shape,
-                                         r=stats.get("r"))["total"]
+                                         r=stats.get("r"), checkpoint_core=cfg.model.checkpoint_core)["total"]
             window.append(loss.item())
         dt = time.perf_counter() - t0
+        step_tokens = batch["input_ids"].numel() * world * cfg.train.grad_accum
         done = step + 1
         if done % cfg.train.log_every == 0 or done == cfg.train.max_steps:
             # the logged loss is the mean over every rank's micro-batches (a collective)
@@ -300,7 +301,7 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
             window = []
             if rank == 0:
                 rec = {"step": done, "loss": mean_loss.item() / world, "tokens": tokens, "flops": flops,
-                       "seconds": dt, "elapsed": time.perf_counter() - t_start,
+                       "seconds": dt, "tokens_per_s": step_tokens / dt, "elapsed": time.perf_counter() - t_start,
                        "lr": engine.get_lr()[0], "peak_memory_bytes": peak_memory_bytes(device),
                        "peak_memory_delta_bytes": peak_memory_bytes(device) - rss_before, **stats}
                 metrics.write(json.dumps(rec) + "\n")

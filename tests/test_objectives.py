@@ -112,3 +112,24 @@ def test_generate_stops_at_eos_and_pads_after():
     for row in out.tolist():
         if 2 in row:
             assert all(t == 2 for t in row[row.index(2):])
+
+
+def test_activation_checkpointing_gives_the_same_gradients_and_counts_the_recompute():
+    from huginn_db.compute import measure_step_flops, train_flops
+
+    cfg = BPTTConfig(mean_recurrence=4, backprop_depth=2)
+    grads, flops = [], []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        mc = ModelConfig(**TINY, checkpoint_core=ckpt)
+        model = RecurrentDepthLM(mc)
+        loss, stats = BPTTObjective(cfg).loss(model, _batch(), step=1)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        model.zero_grad()
+        flops.append(measure_step_flops(model, BPTTObjective(cfg), _batch(), 1))
+        B, T = _batch()["input_ids"].shape
+        assert flops[-1] == pytest.approx(train_flops(mc, cfg, B, T, r=stats["r"], checkpoint_core=ckpt)["total"], rel=0.02)
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+    assert flops[1] > flops[0]  # the recompute is real and counted

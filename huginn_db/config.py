@@ -57,6 +57,7 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 0  # checkpoint every N steps (0: only at the end)
     threads: typing.Optional[int] = None  # torch intra-op threads on CPU (None: torch default)
+    peak_flops: typing.Optional[float] = None  # per-rank FLOP/s for MFU in metrics (see `huginn-db peak`)
 
 
 @dataclass

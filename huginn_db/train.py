@@ -272,7 +272,7 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
     window = []
     preemption = Preemption()
     for step in bar:
-        t0 = time.perf_counter()
+        t0, flops0 = time.perf_counter(), flops
         for micro in range(cfg.train.grad_accum):
             batch = corpus.train_batch(cfg.train.micro_batch_size, step, micro, rank, world, cfg.train.grad_accum)
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -304,6 +304,8 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
                        "seconds": dt, "tokens_per_s": step_tokens / dt, "elapsed": time.perf_counter() - t_start,
                        "lr": engine.get_lr()[0], "peak_memory_bytes": peak_memory_bytes(device),
                        "peak_memory_delta_bytes": peak_memory_bytes(device) - rss_before, **stats}
+                if cfg.train.peak_flops:  # model FLOPs utilisation of this step, per rank
+                    rec["mfu"] = (flops - flops0) / world / dt / cfg.train.peak_flops
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", refresh=False)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 SMALL = ["train.max_steps=60", "train.micro_batch_size=32", "train.warmup_steps=5", "train.log_every=5",
          "model.hidden=64", "model.mlp_hidden=128", "data.reasoning.test_examples=20",
          "data.reasoning.test_difficulties=[1,2]", "eval.num_steps=[1,2,4]", "objective.bptt.mean_recurrence=4",
-         "eval.every=30", "eval.every_examples=5"]
+         "eval.every=30", "eval.every_examples=5", "train.peak_flops=1e11"]
 
 
 @pytest.mark.parametrize("objective", ["db", "bptt"])
@@ -36,6 +36,8 @@ def test_training_lowers_loss_and_model_evaluates_at_several_depths(objective, t
     assert [r["step"] for r in evals] == [30] and set(evals[0]["accuracy"]) == {str(8 if objective == "db" else 4)}
     assert rows[-1]["tokens"] == 60 * 32 * rows[0]["tokens"] // (5 * 32)
     assert rows[-1]["loss"] < 0.6 * rows[0]["loss"], [r["loss"] for r in rows]
+    assert all(0 < r["mfu"] < 2 and r["tokens_per_s"] > 0 and r["flops"] > 0 for r in rows)
+    assert all(b["flops"] > a["flops"] for a, b in zip(rows, rows[1:]))
     stat = "r" if objective == "bptt" else "sigma_mean"
     assert all(stat in r for r in rows)
     assert (run / "config.yaml").is_file() and (run / "tokenizer.json").is_file()

@@ -58,6 +58,16 @@ def train_sentencepiece(inputs: list[str], vocab_size: int, out_dir: str, model_
     return out / "tokenizer.model"
 
 
+def until_eos(ids, eos_id: int) -> list[int]:
+    """The ids before the first EOS (generation pads finished rows with EOS)."""
+    out = []
+    for i in ids:
+        if int(i) == eos_id:
+            break
+        out.append(int(i))
+    return out
+
+
 class SentencePieceTokenizer:
     """A SentencePiece model with the CharTokenizer interface (encode adds no bos/eos)."""
 
@@ -84,14 +94,7 @@ class SentencePieceTokenizer:
 
     def decode(self, ids) -> str:
         """Text up to the first eos; pad and bos are dropped (as CharTokenizer.decode does)."""
-        out = []
-        for i in ids:
-            i = int(i)
-            if i == self.eos_id:
-                break
-            if i not in (self.pad_id, self.bos_id):
-                out.append(i)
-        return self.sp.decode(out)
+        return self.sp.decode([i for i in until_eos(ids, self.eos_id) if i not in (self.pad_id, self.bos_id)])
 
     def save(self, directory: str | Path) -> None:
         target = Path(directory, "tokenizer.model")

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from huginn_db.tokenizer import until_eos
+
 SPECIALS = ["<pad>", "<bos>", "<eos>"]
 ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz=;+-*?"
 OPS = "+-*="  # "=" is a plain copy: b=a
@@ -47,14 +49,7 @@ class CharTokenizer:
             raise ValueError(f"character {err.args[0]!r} is not in the reasoning alphabet") from None
 
     def decode(self, ids) -> str:
-        out = []
-        for i in ids:
-            i = int(i)
-            if i == self.eos_id:
-                break
-            if i >= len(SPECIALS):
-                out.append(self.itos[i])
-        return "".join(out)
+        return "".join(self.itos[i] for i in until_eos(ids, self.eos_id) if i >= len(SPECIALS))
 
     def save(self, directory: str | Path) -> None:
         Path(directory, "tokenizer.json").write_text(json.dumps({"type": self.name, "itos": self.itos}))

@@ -272,7 +272,7 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
     window = []
     preemption = Preemption()
     for step in bar:
-        t0, flops0 = time.perf_counter(), flops
+        t0, flops0, tokens0 = time.perf_counter(), flops, tokens
         for micro in range(cfg.train.grad_accum):
             batch = corpus.train_batch(cfg.train.micro_batch_size, step, micro, rank, world, cfg.train.grad_accum)
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -292,7 +292,6 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
                                          r=stats.get("r"), checkpoint_core=cfg.model.checkpoint_core)["total"]
             window.append(loss.item())
         dt = time.perf_counter() - t0
-        step_tokens = batch["input_ids"].numel() * world * cfg.train.grad_accum
         done = step + 1
         if done % cfg.train.log_every == 0 or done == cfg.train.max_steps:
             # the logged loss is the mean over every rank's micro-batches (a collective)
@@ -301,7 +300,7 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
             window = []
             if rank == 0:
                 rec = {"step": done, "loss": mean_loss.item() / world, "tokens": tokens, "flops": flops,
-                       "seconds": dt, "tokens_per_s": step_tokens / dt, "elapsed": time.perf_counter() - t_start,
+                       "seconds": dt, "tokens_per_s": (tokens - tokens0) / dt, "elapsed": time.perf_counter() - t_start,
                        "lr": engine.get_lr()[0], "peak_memory_bytes": peak_memory_bytes(device),
                        "peak_memory_delta_bytes": peak_memory_bytes(device) - rss_before, **stats}
                 if cfg.train.peak_flops:  # model FLOPs utilisation of this step, per rank

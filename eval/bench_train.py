@@ -19,7 +19,9 @@ process per objective (glibc told to return freed tensors, MALLOC_MMAP_THRESHOLD
 live memory), warmed up on one sequence, then the peak-RSS high-water mark (reset through
 /proc/self/clear_refs) minus the RSS before the step. BPTT's probe uses the first step whose r
 is just above k: its memory does not depend on the no-grad iterations, only on k. The `est.`
-row is `compute.activation_memory` (saved activations + the logits gradients).
+row is `compute.activation_memory` (saved activations + the logits gradients). The `chunked CE`
+rows repeat the memory measurement with `model.loss_chunk` = --memory-loss-chunk positions:
+no B×T×V logits are kept across the step, so activations, not the vocabulary, set the ratio.
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ from huginn_db.objectives import (BPTTConfig, BPTTObjective, DiffusionBlocksConf
 
 NAMES = ("bptt", "diffusion_blocks")
 QUICK = dict(vocab=512, hidden=64, heads=4, mlp=256, layers="1,2,1", seq=32, batch=4,
-             mean_recurrence=8, backprop_depth=2, steps=2, warmup=1, peak_seconds=0.3,
+             mean_recurrence=8, backprop_depth=2, steps=2, memory_loss_chunk=32, warmup=1, peak_seconds=0.3,
              threads=1)  # tiny matmuls: a second thread only adds synchronisation
 
 
@@ -68,6 +70,10 @@ def parse_args(argv):
     ap.add_argument("--backprop-depth", type=int, default=8)
     ap.add_argument("--num-bands", type=int, default=DiffusionBlocksConfig.num_bands)
     ap.add_argument("--sigma-per", default="sequence", choices=("sequence", "token"))
+    ap.add_argument("--loss-chunk", type=int, default=0,
+                    help="model.loss_chunk of the timed runs (0: full logits, the default)")
+    ap.add_argument("--memory-loss-chunk", type=int, default=256,
+                    help="also probe peak memory with this chunked cross-entropy (0: skip)")
     ap.add_argument("--peak-seconds", type=float, default=1.0, help="matmul peak benchmark time")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
@@ -88,7 +94,7 @@ def configs(args):
     lp, lr, lc = (int(x) for x in args.layers.split(","))
     mc = ModelConfig(vocab_size=args.vocab, hidden=args.hidden, heads=args.heads, mlp_hidden=args.mlp,
                      prelude_layers=lp, core_layers=lr, coda_layers=lc, context=args.seq,
-                     init_recurrence=args.mean_recurrence)
+                     init_recurrence=args.mean_recurrence, loss_chunk=args.loss_chunk)
     return mc, {"bptt": BPTTConfig(mean_recurrence=args.mean_recurrence, backprop_depth=args.backprop_depth),
                 "diffusion_blocks": DiffusionBlocksConfig(num_bands=args.num_bands, sigma_per=args.sigma_per)}
 
@@ -208,8 +214,25 @@ def run(args, argv) -> dict:
         else:
             probe = cpu_memory(argv, name)
             rr["peak_mem"], rr["mem_r"] = probe["peak_delta"], probe["r"]
-        rr["mem_est"] = compute.activation_memory(mc, ocs[name], args.batch, args.seq,
-                                                  bytes_per_element=2 if args.gpu else 4)["peak"]
+        bpe = 2 if args.gpu else 4
+        rr["mem_est"] = compute.activation_memory(mc, ocs[name], args.batch, args.seq, bytes_per_element=bpe)["peak"]
+        if args.memory_loss_chunk:  # the same step with the chunked cross-entropy: no B×T×V logits kept
+            chunked = dataclasses.replace(mc, loss_chunk=args.memory_loss_chunk)
+            if args.gpu:
+                model, objective, opt = runs[name]
+                model.cfg.loss_chunk = args.memory_loss_chunk
+                step = args.warmup + args.steps
+                sync()
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                train_step(model, objective, opt, make_batch(args, step, device), step, autocast)
+                sync()
+                rr["peak_mem_chunked"] = torch.cuda.max_memory_allocated() - base
+                model.cfg.loss_chunk = args.loss_chunk
+            else:
+                rr["peak_mem_chunked"] = cpu_memory([*argv, "--loss-chunk", str(args.memory_loss_chunk)], name)["peak_delta"]
+            rr["mem_est_chunked"] = compute.activation_memory(chunked, ocs[name], args.batch, args.seq,
+                                                              bytes_per_element=bpe)["peak"]
     backend = select_attention_backend(mc.attention, device)
     return {"device": torch.cuda.get_device_name() if args.gpu else f"cpu ({torch.get_num_threads()} threads)",
             "precision": "bf16 autocast" if args.gpu else "fp32", "attention": backend,
@@ -217,7 +240,8 @@ def run(args, argv) -> dict:
             "shape": {"vocab": args.vocab, "hidden": args.hidden, "heads": args.heads, "mlp": args.mlp,
                       "layers": args.layers, "batch": args.batch, "seq": args.seq,
                       "mean_recurrence": args.mean_recurrence, "backprop_depth": args.backprop_depth,
-                      "num_bands": args.num_bands, "sigma_per": args.sigma_per},
+                      "num_bands": args.num_bands, "sigma_per": args.sigma_per,
+                      "loss_chunk": args.loss_chunk, "memory_loss_chunk": args.memory_loss_chunk},
             "E_r": compute.expected_iterations(ocs["bptt"])["r"], "results": res}
 
 
@@ -251,6 +275,10 @@ def report(out: dict) -> str:
         ("peak memory Δ/step, measured MiB", b["peak_mem"] / mib, d["peak_mem"] / mib, "{:,.0f}".format),
         ("peak memory Δ/step, est. MiB", b["mem_est"] / mib, d["mem_est"] / mib, "{:,.0f}".format),
     ]
+    c = s.get("memory_loss_chunk")
+    if c:
+        rows += [(f"  chunked CE (c={c}), measured MiB", b["peak_mem_chunked"] / mib, d["peak_mem_chunked"] / mib, "{:,.0f}".format),
+                 (f"  chunked CE (c={c}), est. MiB", b["mem_est_chunked"] / mib, d["mem_est_chunked"] / mib, "{:,.0f}".format)]
     lines.append(f"{'':<36}{'bptt':>12}{'db':>12}{'bptt/db':>10}")
     for label, x, y, fmt in rows:
         lines.append(f"{label:<36}{fmt(x):>12}{fmt(y):>12}{x / y:>9.2f}x")
@@ -261,6 +289,9 @@ def report(out: dict) -> str:
               f"ratio BPTT/DB s/step at E[r]: {b['s_at_expected'] / d['s_at_expected']:.2f}x",
               f"ratio BPTT/DB tokens/s: {b['tokens_per_s'] / d['tokens_per_s']:.2f}x",
               f"ratio BPTT/DB peak memory per step: {b['peak_mem'] / d['peak_mem']:.2f}x"]
+    if c:
+        lines.append(f"ratio BPTT/DB peak memory per step, chunked cross-entropy (c={c}): "
+                     f"{b['peak_mem_chunked'] / d['peak_mem_chunked']:.2f}x")
     return "\n".join(lines)
 
 

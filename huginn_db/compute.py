@@ -21,9 +21,10 @@ Conventions (SPEC §4; every number this module prints follows them)
   sinusoids of σ, needs no gradient). The adapter's backward is full 2×: its input
   concat(state, e) needs a gradient through e even when the state is detached, which is how
   the prelude learns under truncated BPTT.
-* No-grad iterations are forward only. With `checkpoint_core=True` the grad iterations are
-  charged one extra forward (activation-checkpoint recompute); the trainer has no such option
-  yet, the term is here so the trade-off can be priced.
+* No-grad iterations are forward only. With `model.checkpoint_core` the grad iterations are
+  charged one extra forward (activation-checkpoint recompute), and with `model.loss_chunk`
+  (chunked cross-entropy) the head one extra forward (each chunk's logits are rebuilt in the
+  backward); both land in the `recompute` part.
 * A training "step" is one micro-batch forward + backward on one rank (what `objective.loss`
   and `measure_step_flops` do); an optimizer step is grad_accum of them per rank.
 * BPTT: r = Poisson(e^τ) + 1, τ ~ N(ln r̄ − s²/2, s) (`objectives.sample_recurrence`), so
@@ -169,15 +170,22 @@ def expected_iterations(cfg: BPTTConfig) -> dict[str, float]:
 
 # --- training FLOPs ------------------------------------------------------------------------
 
+def _chunked_loss(mc: ModelConfig, n: int) -> bool:
+    return 0 < mc.loss_chunk < n  # model.cross_entropy takes the one-pass path otherwise
+
+
 def train_flops(mc: ModelConfig, obj_cfg, batch: int, seq: int, r: int | None = None,
-                checkpoint_core: bool = False) -> dict[str, float]:
+                checkpoint_core: bool | None = None) -> dict[str, float]:
     """Training FLOPs of one micro-step (forward + backward) on `batch` sequences of `seq`
     tokens, per part (TRAIN_PARTS) and `total`.
 
     BPTT: at the given r, or the expectation over the recurrence law when r is None.
-    DiffusionBlocks: r is ignored (one pass). `checkpoint_core` charges the grad iterations an
-    extra forward (activation-checkpoint recompute).
+    DiffusionBlocks: r is ignored (one pass). `checkpoint_core` (default: the model's) charges
+    the grad iterations an extra forward (activation-checkpoint recompute); a chunked loss
+    (`mc.loss_chunk`) charges the head one.
     """
+    if checkpoint_core is None:
+        checkpoint_core = mc.checkpoint_core
     db = _is_db(obj_cfg)
     n_sigma = (batch * seq if obj_cfg.sigma_per == "token" else batch) if db else 0
     f = _Forward(mc, batch * seq, seq, n_sigma)
@@ -203,7 +211,8 @@ def train_flops(mc: ModelConfig, obj_cfg, batch: int, seq: int, r: int | None = 
         "coda": mc.coda_layers * block_train,
         "head": 3 * f.head,
         "adaln": adaln,
-        "recompute": grad_iters * core_fwd if checkpoint_core else 0.0,
+        "recompute": ((grad_iters * core_fwd if checkpoint_core else 0.0)
+                      + (f.head if _chunked_loss(mc, batch * seq) else 0.0)),
     }
     parts["total"] = sum(parts.values())
     return parts
@@ -256,7 +265,9 @@ def activation_memory(mc: ModelConfig, obj_cfg, batch: int, seq: int,
     saves 5h and the fp32 log-softmax (V per token). BPTT saves min(k, r) ≤ k core iterations
     (k is charged: r ≥ k almost always) and nothing from no-grad iterations; DB saves one.
     `peak` adds what exists only at the start of the backward, when everything saved is still
-    alive: the fp32 gradients of the log-softmax and of the logits (2V per token). Parameter
+    alive: the fp32 gradients of the log-softmax and of the logits (2V per token). With a
+    chunked loss (`mc.loss_chunk` = c positions) nothing V-sized is saved; the backward rebuilds
+    one chunk at a time: its logits, log-softmax and their two gradients (4cV, transient). Parameter
     gradients (`param_grads`, for reference) appear while the backward frees activations at
     least as large (the log-softmax output goes before the head's V·h gradient), so they do
     not add to the peak; the RSS probe in eval/bench_train.py agrees to a few %. `bytes_per_element` 4 is
@@ -272,8 +283,12 @@ def activation_memory(mc: ModelConfig, obj_cfg, batch: int, seq: int,
     iters = 1 if db else obj_cfg.backprop_depth
     elements = (mc.prelude_layers * plain + iters * (n * 2 * h + mc.core_layers * cond)
                 + mc.coda_layers * cond + n * 5 * h + n_sigma * 4 * C)
-    saved = elements * bytes_per_element + n * V * 4 + n * 8  # + fp32 log-softmax, int64 targets
-    transient = 2 * n * V * 4
+    if _chunked_loss(mc, n):
+        saved = elements * bytes_per_element + n * 8  # + int64 targets
+        transient = 4 * mc.loss_chunk * V * 4
+    else:
+        saved = elements * bytes_per_element + n * V * 4 + n * 8  # + fp32 log-softmax, int64 targets
+        transient = 2 * n * V * 4
     return {"saved": saved, "backward_transient": transient,
             "param_grads": param_counts(mc, db)["total"] * 4, "peak": saved + transient}
 

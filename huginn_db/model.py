@@ -49,6 +49,12 @@ class ModelConfig:
     # BPTT: recompute each grad core iteration in backward instead of keeping its activations
     # (activation checkpointing per iteration, as Huginn trains); costs one more core forward
     checkpoint_core: bool = False
+    # training loss over chunks of this many positions, each chunk's logits recomputed in the
+    # backward instead of kept: no B×T×V tensor lives across the step (0: one full-logits pass)
+    loss_chunk: int = 0
+    # torch.compile the core block (the looped part) in training; measured on this repo's CPU:
+    # no gain for DB, ~3 % for BPTT, 10–35 s of compile per process — so off by default
+    compile_core: bool = False
 
     @property
     def head_dim(self) -> int:
@@ -80,6 +86,7 @@ def select_attention_backend(requested: str, device: torch.device) -> str:
     return "xformers" if usable else "sdpa"
 
 
+@torch.compiler.assume_constant_result  # torch.compile: a constant, not traced per call
 @functools.lru_cache(maxsize=None)
 def _cached_backend(requested: str, device_type: str) -> str:
     backend = select_attention_backend(requested, torch.device(device_type))
@@ -140,6 +147,11 @@ class RMSNorm(nn.Module):
         xf = x.float()  # norm statistics in fp32 even under bf16 autocast
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (xf * self.weight.float()).to(x.dtype)
+
+
+def _chunk_ce(x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-row CE of the tied head's logits x·Wᵀ; log-softmax in fp32 (bf16 logits lose bits)."""
+    return F.cross_entropy(F.linear(x, weight).float(), labels, reduction="none")
 
 
 def rope_cache(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,6 +292,7 @@ class RecurrentDepthLM(nn.Module):
         cos, sin = rope_cache(cfg)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self._compiled: dict = {}  # see compile_core
         self.reset_parameters()
 
     # takase init (Huginn): std √(2/5h), output projections / √(2·l_eff), truncated at ±3σ
@@ -338,21 +351,50 @@ class RecurrentDepthLM(nn.Module):
         nn.init.trunc_normal_(s, std=std, a=-3 * std, b=3 * std, generator=generator)
         return s.to(e.dtype)
 
-    def core_step(self, state, e, cond=None, cache: KVCache | None = None) -> torch.Tensor:
-        return self.core(state, e, self.rope_cos, self.rope_sin, cond, cache)
+    def compile_core(self) -> None:
+        """torch.compile the core block for cache-free passes (training); decoding with a
+        KVCache keeps the eager block (its shapes change every token). Kept in a dict so the
+        compiled wrapper is not registered as a submodule (state_dict keys stay the same)."""
+        self._compiled["core"] = torch.compile(self.core)
 
-    def decode(self, s: torch.Tensor, cond=None, cache: KVCache | None = None) -> torch.Tensor:
-        """Recurrence output → final norm → coda → final norm → tied head: logits."""
+    def core_step(self, state, e, cond=None, cache: KVCache | None = None) -> torch.Tensor:
+        core = self._compiled.get("core", self.core) if cache is None else self.core
+        return core(state, e, self.rope_cos, self.rope_sin, cond, cache)
+
+    def decode(self, s: torch.Tensor, cond=None, cache: KVCache | None = None,
+               labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Recurrence output → final norm → coda → final norm → tied head: logits (B, T, V),
+        or with `labels` (B, T) the per-position cross-entropy (B, T) in fp32."""
         x = self.ln_f(s)
         for block in self.coda:
             x = block(x, self.rope_cos, self.rope_sin, cond, cache)
-        return F.linear(self.ln_f(x), self.wte.weight)
+        x = self.ln_f(x)
+        if labels is None:
+            return F.linear(x, self.wte.weight)
+        return self.cross_entropy(x, labels)
+
+    def cross_entropy(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Next-token CE of final hidden states x (B, T, h) against labels (B, T), fp32.
+
+        With `loss_chunk` > 0 the head and log-softmax run over chunks of that many positions
+        under activation checkpointing: autograd keeps only x, and each chunk's logits are
+        rebuilt in the backward (one more head forward, counted by compute.train_flops).
+        """
+        n, chunk = labels.numel(), self.cfg.loss_chunk
+        if chunk <= 0 or chunk >= n:
+            return _chunk_ce(x.flatten(0, 1), self.wte.weight, labels.flatten()).view_as(labels)
+        xs, ls = x.flatten(0, 1).split(chunk), labels.flatten().split(chunk)
+        grad = torch.is_grad_enabled()
+        ce = [torch.utils.checkpoint.checkpoint(_chunk_ce, xc, self.wte.weight, lc, use_reentrant=False)
+              if grad else _chunk_ce(xc, self.wte.weight, lc) for xc, lc in zip(xs, ls)]
+        return torch.cat(ce).view_as(labels)
 
     def recur(self, input_ids, num_steps: int, num_grad_steps: int | None = None, generator=None,
-              state: torch.Tensor | None = None, cache: KVCache | None = None):
+              state: torch.Tensor | None = None, cache: KVCache | None = None, labels=None):
         """Huginn's loop: num_steps − num_grad_steps iterations without grad, then the rest with.
 
         state: the initial state s₀ (B, T, h); drawn from `generator` when not given.
+        labels: return the per-position CE instead of the logits (see decode).
         """
         e = self.encode(input_ids, cache)
         k = num_steps if num_grad_steps is None else min(num_grad_steps, num_steps)
@@ -367,13 +409,13 @@ class RecurrentDepthLM(nn.Module):
                 s = torch.utils.checkpoint.checkpoint(self.core_step, s, e, use_reentrant=False)
             else:
                 s = self.core_step(s, e, cache=cache)
-        return self.decode(s, cache=cache)
+        return self.decode(s, cache=cache, labels=labels)
 
     def clean_embeddings(self) -> torch.Tensor:
         """Ê: unit-norm token embeddings, the space the DiffusionBlocks state z lives in."""
         return F.normalize(self.wte.weight.float(), dim=-1)
 
-    def denoise(self, e, z, sigma, c_in, cache: KVCache | None = None) -> torch.Tensor:
+    def denoise(self, e, z, sigma, c_in, cache: KVCache | None = None, labels=None) -> torch.Tensor:
         """One σ-conditioned pass: logits of the denoiser D(z; σ, context).
 
         sigma: (B, 1) per-sequence or (B, T) per-token noise level; c_in its preconditioner.
@@ -382,17 +424,18 @@ class RecurrentDepthLM(nn.Module):
             raise RuntimeError("this model was built without sigma_conditioning; it cannot denoise")
         cond = self.sigma_embed(0.25 * torch.log(sigma))  # c_noise = ¼ ln σ; (B, 1|T, C)
         x_in = (c_in[..., None] * z).to(e.dtype)
-        return self.decode(self.core_step(x_in, e, cond, cache), cond, cache)
+        return self.decode(self.core_step(x_in, e, cond, cache), cond, cache, labels)
 
     def forward(self, input_ids, *, num_steps=None, num_grad_steps=None, generator=None,
-                target_ids=None, sigma=None, noise=None, c_in=None):
+                target_ids=None, sigma=None, noise=None, c_in=None, labels=None):
         """Engine entry point: a recurrent pass (num_steps) or one DiffusionBlocks training pass.
 
         The DB pass builds z = Ê[target] + σ·noise here, inside forward, so that under ZeRO-3
-        the (partitioned) embedding is gathered when it is read.
+        the (partitioned) embedding is gathered when it is read. With `labels` both return the
+        per-position CE (B, T) instead of logits, computed here for the same reason.
         """
         if target_ids is not None:
             y = self.clean_embeddings().detach()[target_ids]  # no gradient into the target
             z = y + sigma[..., None] * noise
-            return self.denoise(self.encode(input_ids), z, sigma, c_in)
-        return self.recur(input_ids, num_steps, num_grad_steps, generator)
+            return self.denoise(self.encode(input_ids), z, sigma, c_in, labels=labels)
+        return self.recur(input_ids, num_steps, num_grad_steps, generator, labels=labels)

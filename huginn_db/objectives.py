@@ -25,16 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from huginn_db import diffusion as dm
 from huginn_db.model import KVCache
-
-
-def _ce(logits: torch.Tensor, batch: dict) -> torch.Tensor:
-    """Per-position next-token cross-entropy (B, T), zero where loss_mask is False."""
-    ce = F.cross_entropy(logits.float().flatten(0, 1), batch["target_ids"].flatten(), reduction="none")
-    return ce.view_as(batch["target_ids"]) * batch["loss_mask"]
 
 
 def _unwrap(model):
@@ -83,8 +76,9 @@ class BPTTObjective:
         k = min(self.cfg.backprop_depth, r)
         # initial-state noise differs per micro-batch but is reproducible
         g = torch.Generator(device=batch["input_ids"].device).manual_seed(_seed(self.seed, slot, 1))
-        logits = model(batch["input_ids"], num_steps=r, num_grad_steps=k, generator=g)
-        ce = _ce(logits, batch)
+        # the model returns the per-position CE (chunked when model.loss_chunk is set)
+        ce = model(batch["input_ids"], num_steps=r, num_grad_steps=k, generator=g,
+                   labels=batch["target_ids"]) * batch["loss_mask"]
         loss = ce.sum() / batch["loss_mask"].sum().clamp(min=1)
         return loss, {"r": r, "no_grad_iters": r - k, "grad_iters": k}
 
@@ -148,8 +142,8 @@ class DiffusionBlocksObjective:
         sigma = sigma.view(B, -1).to(ids.device)  # (B, 1) or (B, T)
         # z = y + σ·ε with y the unit-norm embedding of the next token (built inside forward)
         eps = torch.randn(B, T, _unwrap(model).cfg.hidden, generator=g).to(ids.device)
-        logits = model(ids, target_ids=tgt, sigma=sigma, noise=eps, c_in=dm.c_in(sigma, self.sig))
-        ce = _ce(logits, batch)
+        ce = model(ids, target_ids=tgt, sigma=sigma, noise=eps, c_in=dm.c_in(sigma, self.sig),
+                   labels=tgt) * batch["loss_mask"]
         if self.cfg.loss_weighting == "edm":
             w = dm.edm_weight(sigma, self.sig)
             ce = ce * (w / w.mean())

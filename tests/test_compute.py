@@ -148,15 +148,33 @@ def test_inference_db_iteration_costs_more_than_huginn(mc):
     assert heun["core"] == 15 * core  # 2K − 1 denoiser evaluations
 
 
+@pytest.mark.parametrize("loss_chunk", [0, 16], ids=["full_logits", "chunked_loss"])
 @pytest.mark.parametrize("name", list(OBJECTIVES))
-def test_activation_estimate_matches_saved_tensors(name):
+def test_activation_estimate_matches_saved_tensors(name, loss_chunk):
     oc = OBJECTIVES[name]
+    mc = dataclasses.replace(TINY, loss_chunk=loss_chunk)
     B, T = 4, 12
     step = _short_step(oc) if name == "bptt" else 3
-    saved = compute.measure_saved_activations(_model(TINY, oc), _objective(oc), _batch(B, T, TINY.vocab_size), step)
-    est = compute.activation_memory(TINY, oc, B, T)
+    saved = compute.measure_saved_activations(_model(mc, oc), _objective(oc), _batch(B, T, mc.vocab_size), step)
+    est = compute.activation_memory(mc, oc, B, T)
     assert saved == pytest.approx(est["saved"], rel=0.05)
     assert est["peak"] > est["saved"]
+
+
+def test_chunked_loss_memory_estimate_at_paper_shape_drops_the_logits():
+    """At the paper shape the B×T×V logits are what narrows the BPTT/DB memory ratio; chunked,
+    activations set it, towards the layer-count bound (36 vs 8 blocks' worth)."""
+    B, T = 4, 256
+    full = {n: compute.activation_memory(PAPER, oc, B, T)["peak"] for n, oc in OBJECTIVES.items()}
+    chunked_mc = dataclasses.replace(PAPER, loss_chunk=256)
+    chunked = {n: compute.activation_memory(chunked_mc, oc, B, T)["peak"] for n, oc in OBJECTIVES.items()}
+    bptt = dataclasses.replace(OBJECTIVES["bptt"], backprop_depth=8)
+    ratio_full = compute.activation_memory(PAPER, bptt, B, T)["peak"] / full["db_sequence"]
+    ratio_chunked = compute.activation_memory(chunked_mc, bptt, B, T)["peak"] / chunked["db_sequence"]
+    assert all(chunked[n] < full[n] for n in full)
+    assert ratio_chunked > ratio_full + 0.5
+    flops = compute.train_flops(chunked_mc, bptt, B, T, r=20)
+    assert flops["recompute"] == 2 * B * T * PAPER.hidden * PAPER.vocab_size  # the head, once more
 
 
 def test_flops_cli_paper_recipe(capsys):
@@ -203,8 +221,10 @@ def test_bench_train_quick(tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     ratios = [l for l in proc.stdout.splitlines() if l.startswith("ratio BPTT/DB")]
-    assert len(ratios) == 6 and all(re.search(r": [\d.]+x$", l) for l in ratios)
+    assert len(ratios) == 7 and all(re.search(r": [\d.]+x$", l) for l in ratios)
+    assert "chunked cross-entropy (c=32)" in ratios[-1]
     res = json.loads(out.read_text())["results"]
     for r in res.values():
         assert r["measured"] == pytest.approx(r["analytic_at_measured_r"], rel=0.02)
-        assert r["peak_mem"] > 0 and r["median_s"] > 0
+        assert r["peak_mem"] > 0 and r["median_s"] > 0 and r["peak_mem_chunked"] > 0
+        assert r["mem_est_chunked"] < r["mem_est"]

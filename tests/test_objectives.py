@@ -133,3 +133,32 @@ def test_activation_checkpointing_gives_the_same_gradients_and_counts_the_recomp
     assert grads[0].keys() == grads[1].keys()
     assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
     assert flops[1] > flops[0]  # the recompute is real and counted
+
+
+@pytest.mark.parametrize("name", ["bptt", "diffusion_blocks"])
+def test_chunked_cross_entropy_gives_the_same_loss_and_gradients_and_counts_the_head_recompute(name):
+    from huginn_db.compute import measure_saved_activations, measure_step_flops, train_flops
+
+    cfg = BPTTConfig(mean_recurrence=4, backprop_depth=2) if name == "bptt" else DiffusionBlocksConfig(num_bands=4)
+    make = BPTTObjective if name == "bptt" else DiffusionBlocksObjective
+    B, T = _batch()["input_ids"].shape
+    losses, grads, flops, saved = [], [], [], []
+    for chunk in (0, 7):  # 7 does not divide B·T = 48: the last chunk is short
+        torch.manual_seed(0)
+        mc = ModelConfig(**TINY, loss_chunk=chunk, sigma_conditioning=name != "bptt")
+        model = RecurrentDepthLM(mc)
+        loss, stats = make(cfg).loss(model, _batch(), step=1)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        model.zero_grad()
+        flops.append(measure_step_flops(model, make(cfg), _batch(), 1))
+        assert flops[-1] == pytest.approx(train_flops(mc, cfg, B, T, r=stats.get("r"))["total"], rel=0.02)
+        saved.append(measure_saved_activations(model, make(cfg), _batch(), 1))
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+    head = 2 * B * T * TINY["hidden"] * TINY["vocab_size"]
+    assert flops[1] - flops[0] == head  # exactly one more head forward, in the backward
+    # the full path keeps the fp32 log-softmax (B·T·V) for the backward; the chunked one does not
+    assert saved[0] - saved[1] >= B * T * TINY["vocab_size"] * 4

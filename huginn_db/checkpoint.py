@@ -1,10 +1,22 @@
-"""Trained weights out of a run directory: DeepSpeed checkpoints → plain module → safetensors.
+"""Checkpoints of a run directory: safe to write, checked on read, exported to safetensors.
 
     huginn-db export RUN_DIR --out DIR     # DIR/model.safetensors + config.yaml + tokenizer
+
+Layout: run/checkpoints/<tag>/ (DeepSpeed's files + manifest.json) and run/checkpoints/latest
+(the tag to resume from). A checkpoint is written as checkpoints/.tmp-<tag>/, given a manifest
+(size and sha256 of every file, plus world size and ZeRO stage) once every rank has written,
+renamed to <tag>/ and only then named in `latest` (itself replaced atomically). A crash at any
+moment therefore leaves either the previous checkpoint or the new complete one; a truncated or
+altered file fails the manifest check on load and the next older complete checkpoint is used.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import logging
+import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -16,12 +28,138 @@ from huginn_db.config import RunConfig, from_dict
 from huginn_db.model import RecurrentDepthLM
 
 
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+TMP_PREFIX = ".tmp-"
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint to read, or one could not be written (the CLI exits 4)."""
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` so that a reader sees the old or the new content, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    _fsync_dir(path.parent)
+
+
+def write_manifest(tag_dir: Path, meta: dict) -> None:
+    files = {str(p.relative_to(tag_dir)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(tag_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    write_atomic(tag_dir / MANIFEST, json.dumps({**meta, "files": files}, indent=1))
+
+
+def read_manifest(tag_dir: Path) -> dict:
+    return json.loads((tag_dir / MANIFEST).read_text())
+
+
+def verify(tag_dir: Path) -> str | None:
+    """What is wrong with a checkpoint directory (one line), or None when it is complete."""
+    if not tag_dir.is_dir():
+        return "directory missing"
+    try:
+        files = read_manifest(tag_dir)["files"]
+    except FileNotFoundError:
+        return f"no {MANIFEST} (the save did not finish)"
+    except (ValueError, KeyError, TypeError):
+        return f"unreadable {MANIFEST}"
+    for name, want in files.items():
+        p = tag_dir / name
+        if not p.is_file():
+            return f"{name} missing"
+        if p.stat().st_size != want["bytes"]:
+            return f"{name} truncated ({p.stat().st_size} of {want['bytes']} bytes)"
+        if _sha256(p) != want["sha256"]:
+            return f"{name} corrupted (sha256 mismatch)"
+    return None
+
+
+def tag_step(tag: str) -> int | None:
+    m = re.fullmatch(r"step(\d+)", tag)
+    return int(m.group(1)) if m else None
+
+
+def checkpoint_tags(ckpt: Path) -> list[str]:
+    """Resume candidates, best first: the tag in `latest`, then every stepN/ newest first."""
+    tags = sorted((p.name for p in ckpt.glob("step*") if p.is_dir() and tag_step(p.name) is not None),
+                  key=tag_step, reverse=True)
+    try:
+        named = (ckpt / "latest").read_text().strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        named = None
+    if named in tags:
+        tags.remove(named)
+        tags.insert(0, named)
+    return tags
+
+
+def find_checkpoint(ckpt: Path) -> tuple[str | None, list[str]]:
+    """(the newest complete checkpoint's tag or None, one line per candidate passed over)."""
+    passed = []
+    try:
+        named = (ckpt / "latest").read_text().strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        named = None
+    if named is not None and tag_step(named) is None:
+        passed.append(f"latest names {named[:40]!r}, not a checkpoint tag")
+    elif named is not None and not (ckpt / named).is_dir():
+        passed.append(f"latest names {named}, which does not exist")
+    for tag in checkpoint_tags(ckpt):
+        problem = verify(ckpt / tag)
+        if problem is None:
+            return tag, passed
+        passed.append(f"{ckpt / tag}: {problem}")
+    return None, passed
+
+
+def remove_partial(ckpt: Path) -> None:
+    """Drop the temporary directories of saves that never finished."""
+    for p in ckpt.glob(TMP_PREFIX + "*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def publish(ckpt: Path, tag: str, meta: dict) -> None:
+    """Rank 0, once every rank wrote .tmp-<tag>/: manifest, rename to <tag>/, then `latest`."""
+    tmp, final = ckpt / (TMP_PREFIX + tag), ckpt / tag
+    write_manifest(tmp, meta)
+    if final.exists():  # e.g. a corrupt checkpoint of the same step, passed over at resume
+        old = ckpt / (TMP_PREFIX + "old-" + tag)
+        final.replace(old)
+        shutil.rmtree(old)
+    tmp.replace(final)
+    _fsync_dir(ckpt)
+    write_atomic(ckpt / "latest", tag)
+
+
 def latest_tag(run_dir: str | Path) -> str:
+    """The newest complete checkpoint (falling back past damaged ones, with a warning)."""
     ckpt = Path(run_dir) / "checkpoints"
-    latest = ckpt / "latest"
-    if not latest.is_file():
-        raise FileNotFoundError(f"no checkpoint in {ckpt} (missing 'latest')")
-    return latest.read_text().strip()
+    tag, passed = find_checkpoint(ckpt)
+    for line in passed:
+        log.warning("skipping checkpoint: %s", line)
+    if tag is None:
+        why = f": {passed[0]}" if passed else ""
+        raise CheckpointError(f"no complete checkpoint in {ckpt}{why}")
+    return tag
 
 
 def read_config(run_dir: str | Path) -> RunConfig:
@@ -34,7 +172,10 @@ def read_config(run_dir: str | Path) -> RunConfig:
 def consolidated_state_dict(run_dir: str | Path, tag: str | None = None) -> dict[str, torch.Tensor]:
     """Full fp32 module weights from a DeepSpeed checkpoint of any ZeRO stage."""
     ckpt = Path(run_dir) / "checkpoints"
-    tag = tag or latest_tag(run_dir)
+    if tag is None:
+        tag = latest_tag(run_dir)
+    elif (problem := verify(ckpt / tag)) is not None:
+        raise CheckpointError(f"checkpoint {ckpt / tag}: {problem}")
     whole = ckpt / tag / "mp_rank_00_model_states.pt"  # ZeRO 0–2 keep whole weights here
     if whole.is_file():
         return {k: v.float() for k, v in torch.load(whole, map_location="cpu", weights_only=False)["module"].items()}
@@ -86,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         path = export(args.run_dir, args.out, args.tag)
-    except (FileNotFoundError, KeyError, RuntimeError) as err:
+    except (FileNotFoundError, KeyError, RuntimeError) as err:  # CheckpointError is a RuntimeError
         print(f"huginn-db: error: {err}", file=sys.stderr)
         return 2
     print(path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -58,6 +59,12 @@ class TrainConfig:
     save_every: int = 0  # checkpoint every N steps (0: only at the end)
     threads: typing.Optional[int] = None  # torch intra-op threads on CPU (None: torch default)
     peak_flops: typing.Optional[float] = None  # per-rank FLOP/s for MFU in metrics (see `huginn-db peak`)
+    # a step whose loss or gradients are non-finite is skipped (no update) up to this many times
+    # in a run; the next one stops the run (exit 3). 0: stop at the first.
+    skip_nonfinite: int = 0
+    # seconds a collective may wait for the other ranks before the run stops (exit 5) instead
+    # of hanging; covers rank 0 evaluating alone at the end, so keep it above that
+    dist_timeout: float = 1800.0
 
 
 @dataclass
@@ -168,11 +175,57 @@ def load_config(recipe: str | Path, overrides: list[str] = ()) -> RunConfig:
         raise ConfigError(f"deepspeed: config file not found: {cfg.deepspeed}")
     cfg.deepspeed = str(ds.resolve())
     validate(cfg)
+    check_deepspeed_json(cfg)
     return cfg
 
 
+# DeepSpeed keys the recipe owns: (JSON key, recipe key, recipe value)
+def _ds_owned(cfg: RunConfig) -> list[tuple[str, str, object]]:
+    t = cfg.train
+    return [("train_micro_batch_size_per_gpu", "train.micro_batch_size", t.micro_batch_size),
+            ("gradient_accumulation_steps", "train.grad_accum", t.grad_accum),
+            ("gradient_clipping", "train.grad_clip", t.grad_clip)]
+
+
+def check_deepspeed_json(cfg: RunConfig, world_size: int | None = None) -> dict:
+    """The DeepSpeed JSON, refused where it contradicts the recipe (which owns batch sizes,
+    clipping, optimizer, schedule and precision). world_size: also check train_batch_size."""
+    path = Path(cfg.deepspeed)
+    try:
+        ds = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"deepspeed: cannot read {path}: {err}") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"deepspeed: {path} is not valid JSON ({err}); fix the file") from None
+    if not isinstance(ds, dict):
+        raise ConfigError(f"deepspeed: {path} must hold a JSON object")
+    for key, ours, value in _ds_owned(cfg):
+        if key in ds and ds[key] != value:
+            raise ConfigError(f"deepspeed: {key}={ds[key]} in {path.name} contradicts {ours}={value}; "
+                              f"drop it from the JSON (the recipe sets it) or set {ours}={ds[key]}")
+    if world_size is not None and "train_batch_size" in ds:
+        want = cfg.train.micro_batch_size * cfg.train.grad_accum * world_size
+        if ds["train_batch_size"] != want:
+            raise ConfigError(f"deepspeed: train_batch_size={ds['train_batch_size']} in {path.name} contradicts "
+                              f"train.micro_batch_size × train.grad_accum × {world_size} ranks = {want}; drop it from the JSON")
+    for key in ("optimizer", "scheduler"):
+        if key in ds:
+            raise ConfigError(f"deepspeed: {path.name} has an '{key}' section, but the trainer builds AdamW and the "
+                              f"cosine schedule from train.*; remove '{key}' from the JSON")
+    if (ds.get("fp16") or {}).get("enabled"):
+        raise ConfigError(f"deepspeed: {path.name} enables fp16, which this trainer does not support; "
+                          f"remove it and use train.precision=bf16")
+    if (ds.get("bf16") or {}).get("enabled") and cfg.train.precision == "fp32":
+        raise ConfigError(f"deepspeed: {path.name} enables bf16 but train.precision=fp32; "
+                          f"set train.precision=bf16 or disable bf16 in the JSON")
+    if cfg.model.compile_core and (ds.get("zero_optimization") or {}).get("stage", 0) == 3:
+        raise ConfigError("model.compile_core=true is not supported with ZeRO-3 (its parameter hooks break the "
+                          "compiled graph); use ZeRO 0-2 or model.compile_core=false")
+    return ds
+
+
 def validate(cfg: RunConfig) -> None:
-    m, o = cfg.model, cfg.objective
+    m, o, t = cfg.model, cfg.objective, cfg.train
     if o.name not in ("bptt", "diffusion_blocks"):
         raise ConfigError(f"objective.name must be bptt|diffusion_blocks, got {o.name!r}")
     if m.hidden % m.heads or (m.hidden // m.heads) % 2:
@@ -181,6 +234,13 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("model: core_layers must be >= 1 and prelude/coda layers >= 0")
     if o.bptt.mean_recurrence < 1 or o.bptt.backprop_depth < 1:
         raise ConfigError("objective.bptt: mean_recurrence and backprop_depth must be >= 1")
+    if o.bptt.backprop_depth > o.bptt.mean_recurrence:
+        raise ConfigError(f"objective.bptt.backprop_depth={o.bptt.backprop_depth} exceeds mean_recurrence="
+                          f"{o.bptt.mean_recurrence}; lower backprop_depth (Huginn: 8 of 32)")
+    if m.loss_chunk < 0:
+        raise ConfigError(f"model.loss_chunk must be >= 0 (0: full logits), got {m.loss_chunk}")
+    if m.vocab_size < 2 or m.context < 2:
+        raise ConfigError("model: vocab_size and context must be >= 2")
     db = o.diffusion_blocks
     if not 0 < db.sigma_min < db.sigma_max:
         raise ConfigError(f"objective.diffusion_blocks: need 0 < sigma_min < sigma_max, got {db.sigma_min}, {db.sigma_max}")
@@ -188,10 +248,19 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("objective.diffusion_blocks: num_bands must be >= 1 and p_std > 0")
     if cfg.train.precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"train.precision must be auto|bf16|fp32, got {cfg.train.precision!r}")
-    if min(cfg.train.micro_batch_size, cfg.train.grad_accum, cfg.train.max_steps + 1) < 1:
-        raise ConfigError("train: micro_batch_size and grad_accum must be >= 1, max_steps >= 0")
+    if min(t.micro_batch_size, t.grad_accum, t.max_steps + 1, t.log_every) < 1:
+        raise ConfigError("train: micro_batch_size, grad_accum and log_every must be >= 1, max_steps >= 0")
+    if not t.lr > 0 or not 0 <= t.min_lr_ratio <= 1 or t.warmup_steps < 0:
+        raise ConfigError(f"train: need lr > 0 (got {t.lr}), 0 <= min_lr_ratio <= 1 (got {t.min_lr_ratio}) "
+                          f"and warmup_steps >= 0 (got {t.warmup_steps})")
+    if t.skip_nonfinite < 0 or t.save_every < 0 or not t.dist_timeout > 0:
+        raise ConfigError("train: skip_nonfinite and save_every must be >= 0 and dist_timeout > 0")
+    if cfg.eval.num_steps and min(cfg.eval.num_steps) < 1:  # [] skips the final evaluation
+        raise ConfigError(f"eval.num_steps must list test-time iterations >= 1, got {cfg.eval.num_steps}")
     if cfg.resume not in ("never", "auto"):
         raise ConfigError(f"resume must be never|auto, got {cfg.resume!r}")
+    if cfg.resume == "auto" and cfg.overwrite:
+        raise ConfigError("resume=auto and overwrite=true contradict each other (continue the run, or replace it); pass one")
     if cfg.data.name not in ("reasoning", "text"):
         raise ConfigError(f"data.name must be reasoning|text, got {cfg.data.name!r}")
     if cfg.data.name == "text" and cfg.data.text.seq_len > cfg.model.context:

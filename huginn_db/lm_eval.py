@@ -371,6 +371,13 @@ def evaluate(checkpoint: str | Path, tasks: list[str], num_steps_list: list[int]
     include = str(task_dir(data_root))
     local = TaskManager(include_path=include, include_defaults=False)
     manager = local if all(t in local.all_tasks for t in tasks) else TaskManager(include_path=include)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:  # lm-eval would only log it and evaluate the rest
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], manager.all_tasks, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ValueError(f"unknown task '{unknown[0]}'{hint}; `lm-eval ls tasks --include_path eval/tasks` lists them")
     lm = HuginnLM(str(checkpoint), **(model_args or {}))
     results = {}
     for K in num_steps_list:

@@ -110,6 +110,8 @@ def load_tokenizer(spec: str | Path):
     if str(spec) == "reasoning":
         return CharTokenizer()
     path = Path(spec)
+    if path.suffix == ".model" and not path.is_file():
+        raise ValueError(f"tokenizer model not found: {path}")
     if path.is_file() and path.suffix == ".model":
         return SentencePieceTokenizer(path)
     meta_path = path / "tokenizer.json"

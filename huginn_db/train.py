@@ -9,6 +9,7 @@ checkpoints/ (DeepSpeed) and eval/final.json (answer accuracy per test-time dept
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import math
@@ -26,8 +27,10 @@ import numpy as np
 import torch
 import yaml
 
+from huginn_db.checkpoint import (TMP_PREFIX, CheckpointError, find_checkpoint, publish, read_manifest,
+                                  remove_partial)
 from huginn_db.compute import train_flops
-from huginn_db.config import ConfigError, RunConfig, load_config, to_dict
+from huginn_db.config import ConfigError, RunConfig, check_deepspeed_json, load_config, to_dict
 from huginn_db.data.reasoning import ReasoningCorpus
 from huginn_db.data.text import TextCorpus
 from huginn_db.evaluate import format_accuracy_table, reasoning_accuracy, text_validation
@@ -77,13 +80,14 @@ def evaluate(cfg: RunConfig, objective, model, corpus, device, num_steps: list[i
 
 
 def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
-    ds = json.loads(Path(cfg.deepspeed).read_text())
+    ds = check_deepspeed_json(cfg, world_size)  # ConfigError where the JSON contradicts the recipe
     t = cfg.train
     ds["train_micro_batch_size_per_gpu"] = t.micro_batch_size
     ds["gradient_accumulation_steps"] = t.grad_accum
     ds["train_batch_size"] = t.micro_batch_size * t.grad_accum * world_size
     ds["gradient_clipping"] = t.grad_clip
     ds.setdefault("steps_per_print", 10**9)  # we log ourselves
+    ds.setdefault("zero_allow_untested_optimizer", True)  # SkippableAdamW is AdamW plus a skip flag
     return ds
 
 
@@ -129,8 +133,54 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-class NonFiniteLoss(RuntimeError):
-    """A non-finite training loss: the run stops at that step, before the update."""
+class NonFinite(RuntimeError):
+    """A non-finite loss or gradient past train.skip_nonfinite: the run stops before the update."""
+
+
+class RankFailure(RuntimeError):
+    """A collective failed: another rank died or did not answer within train.dist_timeout."""
+
+
+def _comm_failure(err: BaseException) -> bool:
+    text = str(err)
+    return isinstance(err, torch.distributed.DistError) or any(
+        m in text for m in ("gloo", "Connection closed", "Connection reset", "Timed out", "NCCL"))
+
+
+def agree(value: float, op=torch.distributed.ReduceOp.MAX, device: torch.device | str = "cpu") -> float:
+    """All ranks' reduction of one number (a collective; a CUDA tensor under NCCL)."""
+    t = torch.tensor(float(value), dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t, op=op)
+    return t.item()
+
+
+class SkippableAdamW(torch.optim.AdamW):
+    """AdamW whose update the trainer can veto for a step: parameters and moments stay as they
+    were. DeepSpeed's ZeRO wrappers call it once per group / partition on every rank, so one flag
+    set on every rank skips the whole update at any stage."""
+
+    skip = False
+
+    def step(self, closure=None):
+        return None if self.skip else super().step(closure)
+
+
+class NonFiniteGuard:
+    """Flags non-finite gradients as the backward produces them: a hook per parameter runs
+    before DeepSpeed reduces or partitions the gradient, so detection is the same at every
+    ZeRO stage (a non-finite gradient makes the gradient norm non-finite)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.flags: list[torch.Tensor] = []
+        self.handles = [p.register_hook(self._hook) for p in module.parameters() if p.requires_grad]
+
+    def _hook(self, grad):
+        self.flags.append(torch.isfinite(grad).all())
+
+    def bad(self) -> bool:
+        """This rank's verdict since the last call (local; combine with `agree`)."""
+        flags, self.flags = self.flags, []
+        return bool(flags) and not bool(torch.stack(flags).all())
 
 
 class Preemption:
@@ -143,19 +193,20 @@ class Preemption:
     def _handler(self, signum, frame):
         self.requested = True
 
-    def agreed(self) -> bool:
+    def agreed(self, device="cpu") -> bool:
         """True on every rank once any rank was signalled (a collective)."""
-        flag = torch.tensor(float(self.requested))
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
+        return bool(agree(self.requested, device=device))
 
     def restore(self):
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
 
 
-def init_distributed() -> None:
-    """Lets a bare `python -m huginn_db.train` run as a world of one (no launcher, no MPI)."""
+def init_distributed(timeout: float = 1800.0) -> None:
+    """Lets a bare `python -m huginn_db.train` run as a world of one (no launcher, no MPI).
+
+    timeout: seconds a collective waits for the other ranks before it raises (train.dist_timeout).
+    """
     import deepspeed
 
     if "RANK" not in os.environ:
@@ -165,7 +216,8 @@ def init_distributed() -> None:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(port)))
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
+                                   timeout=datetime.timedelta(seconds=timeout))
 
 
 def prepare_run_dir(cfg: RunConfig, rank: int) -> Path:
@@ -213,51 +265,131 @@ def evaluation_model(engine, cfg: RunConfig, rank: int):
     return model.to(engine.device)
 
 
-def save(engine, run: Path, step: int, tokens: int, flops: float, corpus, cfg: RunConfig, world: int) -> None:
-    client = {"step": step, "tokens": tokens, "flops": flops, "torch_rng": torch.get_rng_state(),
+def save(engine, run: Path, step: int, tokens: int, flops: float, corpus, cfg: RunConfig, world: int,
+         skipped: int = 0) -> None:
+    """Atomic checkpoint (see huginn_db.checkpoint): every rank writes .tmp-stepN/, rank 0
+    publishes it. On failure (full disk, I/O error) the partial directory is removed, `latest`
+    still names the previous checkpoint, and CheckpointError stops the run."""
+    client = {"step": step, "tokens": tokens, "flops": flops, "skipped": skipped, "torch_rng": torch.get_rng_state(),
               "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
     if hasattr(corpus, "position"):
         client["data"] = corpus.position(step, cfg.train.grad_accum, world, cfg.train.micro_batch_size)
-    engine.save_checkpoint(str(run / "checkpoints"), tag=f"step{step}", client_state=client)
+    ckpt, tag, rank = run / "checkpoints", f"step{step}", torch.distributed.get_rank()
+    error = None
+    try:
+        engine.save_checkpoint(str(ckpt), tag=TMP_PREFIX + tag, client_state=client, save_latest=False)
+    except Exception as err:  # torch.save reports a full disk as RuntimeError, Python as OSError
+        error = err
+    ok = agree(error is None, torch.distributed.ReduceOp.MIN, engine.device)
+    if ok and rank == 0:
+        try:
+            publish(ckpt, tag, {"step": step, "world_size": world, "zero_stage": zero_stage(engine)})
+        except OSError as err:
+            error, ok = err, False
+    if not agree(ok, torch.distributed.ReduceOp.MIN, engine.device):
+        if rank == 0:
+            shutil.rmtree(ckpt / (TMP_PREFIX + tag), ignore_errors=True)
+        prev, _ = find_checkpoint(ckpt) if rank == 0 else (None, [])
+        reason = str(error).splitlines()[0] if error else "it failed on another rank"
+        raise CheckpointError(f"could not write the checkpoint of step {step} ({reason}); "
+                              + (f"{ckpt / prev} is intact and `latest` names it" if prev else "no earlier checkpoint exists"))
+
+
+def resume_point(cfg: RunConfig, run: Path, world: int, stage: int) -> str | None:
+    """The checkpoint tag to resume from (resume=auto), agreed by every rank (a collective).
+
+    Rank 0 drops unfinished saves and picks the newest complete checkpoint, passing over
+    damaged ones with a warning. Refused (ConfigError): checkpoints exist but none is complete,
+    or the world size changed under ZeRO >= 1 (optimizer state is sharded per rank)."""
+    box = [None, [], None]  # tag, warnings, error
+    ckpt = run / "checkpoints"
+    if torch.distributed.get_rank() == 0 and cfg.resume == "auto" and ckpt.is_dir():
+        remove_partial(ckpt)
+        tag, passed = find_checkpoint(ckpt)
+        box[:2] = tag, passed
+        if tag is None and passed:
+            box[2] = (f"no complete checkpoint in {ckpt} ({passed[0]}); "
+                      f"pass overwrite=true to start again or restore the files")
+        elif tag is not None:
+            meta = read_manifest(ckpt / tag)
+            was, was_stage = meta.get("world_size", world), meta.get("zero_stage", stage)
+            if was != world and max(was_stage, stage) > 0:
+                box[2] = (f"checkpoint {tag} was written by {was} ranks under ZeRO-{was_stage}, this run has {world} "
+                          f"under ZeRO-{stage}: sharded optimizer state cannot be re-split; resume with {was} "
+                          f"processes, or start from its weights (huginn-db export) in a new run_dir")
+    torch.distributed.broadcast_object_list(box, src=0)
+    tag, passed, error = box
+    if error:
+        raise ConfigError(error)
+    for line in passed:
+        log.warning("skipping checkpoint: %s", line)
+    return tag
 
 
 def train(cfg: RunConfig, progress: bool = True) -> dict:
     """Run (or resume) one training job; returns the final summary (also written to the run dir)."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    init_distributed(cfg.train.dist_timeout)
+    at = {"step": 0}  # where a failed collective happened, for the message
+    try:
+        return _train(cfg, progress, at)
+    except (ConfigError, NonFinite, CheckpointError):
+        raise
+    except RuntimeError as err:
+        if not _comm_failure(err):
+            raise
+        raise RankFailure(f"lost contact with another rank at step {at['step']} (a process died, or a collective "
+                          f"waited longer than train.dist_timeout={cfg.train.dist_timeout:g}s): "
+                          f"{str(err).strip().splitlines()[0][:200]}; continue with resume=auto") from None
+
+
+def _train(cfg: RunConfig, progress: bool, at: dict) -> dict:
     import deepspeed
     from tqdm import tqdm
 
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    init_distributed()
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     torch.manual_seed(cfg.seed)
     objective = build_objective(cfg)
     corpus = build_corpus(cfg)
     model = build_model(cfg, objective, corpus.tokenizer.vocab_size)
+    # every check that can refuse the run happens before the run directory is touched
+    try:  # a corpus too small for one micro-batch fails here, not mid-run
+        corpus.train_batch(cfg.train.micro_batch_size, 0, 0, rank, world, cfg.train.grad_accum)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    ds_config = deepspeed_config(cfg, world)
+    stage = int((ds_config.get("zero_optimization") or {}).get("stage", 0))
+    resume_tag = resume_point(cfg, Path(cfg.run_dir), world, stage)
     run = prepare_run_dir(cfg, rank)
     if rank == 0:
         corpus.tokenizer.save(run)
 
     n_params = model.num_parameters()  # before ZeRO-3 partitions the tensors
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
-                                  betas=(cfg.train.beta1, cfg.train.beta2))
+    if cfg.model.compile_core:
+        model.compile_core()
+    optimizer = SkippableAdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
+                               betas=(cfg.train.beta1, cfg.train.beta2))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=deepspeed_config(cfg, world))
+                                           config=ds_config)
     if zero_stage(engine) == 3:
         # the tied head and the DB targets read wte.weight outside nn.Embedding.forward
         deepspeed.zero.register_external_parameter(engine.module, engine.module.wte.weight)
     device = engine.device
     autocast = autocast_context(cfg.train.precision, device)
+    guard = NonFiniteGuard(engine.module)
 
-    start, tokens, flops = 0, 0, 0.0
-    if cfg.resume == "auto" and (run / "checkpoints" / "latest").is_file():
-        _, client = engine.load_checkpoint(str(run / "checkpoints"))
+    start, tokens, flops, skipped = 0, 0, 0.0, 0
+    if resume_tag is not None:
+        _, client = engine.load_checkpoint(str(run / "checkpoints"), tag=resume_tag)
         start, tokens, flops = client["step"], client["tokens"], client["flops"]
+        skipped = client.get("skipped", 0)
         torch.set_rng_state(client["torch_rng"])
         np.random.set_state(client["numpy_rng"])
         random.setstate(client["python_rng"])
-        log.info("resumed from step %d", start)
+        log.info("resumed from %s (step %d)", resume_tag, start)
+    at["step"] = start
     if rank == 0:
         truncate_metrics(run / "metrics.jsonl", start)
         log.info("objective=%s params=%s world=%d zero=%d", objective.name, n_params["total"],
@@ -271,43 +403,76 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
                mininterval=0.5 if sys.stderr.isatty() else 30)  # keep piped logs short
     window = []
     preemption = Preemption()
+    ckpt_dir = run / "checkpoints"
+
+    def stop(step: int, part: str) -> NonFinite:
+        last, _ = find_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else (None, [])
+        policy = (f"after skipping {skipped} step(s), the train.skip_nonfinite={cfg.train.skip_nonfinite} allowed"
+                  if cfg.train.skip_nonfinite else "train.skip_nonfinite=0")
+        return NonFinite(f"{part} became non-finite at step {step} ({policy}); the run stopped before the "
+                         f"update; last good checkpoint: {ckpt_dir / last if last else 'none'}")
+
     for step in bar:
+        at["step"] = step + 1
         t0, flops0, tokens0 = time.perf_counter(), flops, tokens
+        bad_part = None
         for micro in range(cfg.train.grad_accum):
             batch = corpus.train_batch(cfg.train.micro_batch_size, step, micro, rank, world, cfg.train.grad_accum)
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast:
                 loss, stats = objective.loss(engine, batch, step, (step * cfg.train.grad_accum + micro) * world + rank)
             # every rank must agree before backward, or the gradient all-reduce would hang
-            bad = torch.tensor(float(not torch.isfinite(loss.detach())))
-            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-            if bad.item():
-                raise NonFiniteLoss(f"loss became non-finite at step {step + 1} (micro-batch {micro}); "
-                                    f"nothing was saved after the last good checkpoint in {run / 'checkpoints'}")
-            engine.backward(loss)
+            if agree(not torch.isfinite(loss.detach()), device=device):
+                bad_part = bad_part or f"loss (micro-batch {micro})"
+                if skipped >= cfg.train.skip_nonfinite:
+                    raise stop(step + 1, bad_part)
+            engine.backward(loss)  # a skipped step still runs backward: DeepSpeed counts micro-steps
+            if micro == cfg.train.grad_accum - 1 and agree(guard.bad(), device=device):
+                bad_part = bad_part or "gradient norm"
+                if skipped >= cfg.train.skip_nonfinite:
+                    raise stop(step + 1, bad_part)
+            optimizer.skip = bad_part is not None
             engine.step()
+            optimizer.skip = False
+            if micro == cfg.train.grad_accum - 1 and not engine.was_step_applied():
+                # DeepSpeed's own overflow check skipped it (ZeRO-1/2 test the gradient norm) and
+                # left the LR schedule behind: keep the schedule on the step count, as when we skip
+                scheduler.step()
+                bad_part = bad_part or "gradient norm"
             tokens += batch["input_ids"].numel() * world
             # analytic FLOPs of this micro-step on every rank (BPTT: at the r actually drawn)
             flops += world * train_flops(cfg.model, cfg.objective_config(), *batch["input_ids"].shape,
-                                         r=stats.get("r"), checkpoint_core=cfg.model.checkpoint_core)["total"]
-            window.append(loss.item())
+                                         r=stats.get("r"))["total"]
+            if math.isfinite(loss.item()):  # a skipped step's finite loss is still logged
+                window.append(loss.item())
+        if bad_part is not None:
+            skipped += 1
+            if skipped > cfg.train.skip_nonfinite:  # only where DeepSpeed skipped before we saw it
+                skipped -= 1
+                raise stop(step + 1, bad_part)
+            log.warning("step %d: %s non-finite, update skipped (%d of train.skip_nonfinite=%d)",
+                        step + 1, bad_part, skipped, cfg.train.skip_nonfinite)
         dt = time.perf_counter() - t0
         done = step + 1
         if done % cfg.train.log_every == 0 or done == cfg.train.max_steps:
-            # the logged loss is the mean over every rank's micro-batches (a collective)
-            mean_loss = torch.tensor(sum(window) / len(window), dtype=torch.float64)
-            torch.distributed.all_reduce(mean_loss)
+            # the logged loss is the mean over every rank's finite micro-batch losses (a collective)
+            total = agree(sum(window), torch.distributed.ReduceOp.SUM, device)
+            count = agree(len(window), torch.distributed.ReduceOp.SUM, device)
             window = []
             if rank == 0:
-                rec = {"step": done, "loss": mean_loss.item() / world, "tokens": tokens, "flops": flops,
+                rec = {"step": done, "loss": total / count if count else None, "tokens": tokens, "flops": flops,
                        "seconds": dt, "tokens_per_s": (tokens - tokens0) / dt, "elapsed": time.perf_counter() - t_start,
                        "lr": engine.get_lr()[0], "peak_memory_bytes": peak_memory_bytes(device),
-                       "peak_memory_delta_bytes": peak_memory_bytes(device) - rss_before, **stats}
+                       "peak_memory_delta_bytes": peak_memory_bytes(device) - rss_before, "skipped": skipped, **stats}
+                grad_norm = engine.get_global_grad_norm()
+                if grad_norm is not None and math.isfinite(float(grad_norm)):
+                    rec["grad_norm"] = float(grad_norm)
                 if cfg.train.peak_flops:  # model FLOPs utilisation of this step, per rank
                     rec["mfu"] = (flops - flops0) / world / dt / cfg.train.peak_flops
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", refresh=False)
+                if rec["loss"] is not None:
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}", refresh=False)
         if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.train.max_steps:
             model_eval = evaluation_model(engine, cfg, rank)  # collective under ZeRO-3
             if rank == 0:
@@ -317,9 +482,9 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
                 metrics.write(json.dumps({"step": done, "tokens": tokens, **scores}) + "\n")
                 metrics.flush()
         if cfg.train.save_every and done % cfg.train.save_every == 0 and done < cfg.train.max_steps:
-            save(engine, run, done, tokens, flops, corpus, cfg, world)
-        if done < cfg.train.max_steps and preemption.agreed():
-            save(engine, run, done, tokens, flops, corpus, cfg, world)
+            save(engine, run, done, tokens, flops, corpus, cfg, world, skipped)
+        if done < cfg.train.max_steps and preemption.agreed(device):
+            save(engine, run, done, tokens, flops, corpus, cfg, world, skipped)
             log.warning("signal received: checkpoint saved at step %d; continue with resume=auto", done)
             preemption.restore()
             torch.distributed.barrier()
@@ -327,10 +492,10 @@ def train(cfg: RunConfig, progress: bool = True) -> dict:
     preemption.restore()
 
     train_seconds = time.perf_counter() - t_start
-    if start < cfg.train.max_steps or not (run / "checkpoints" / "latest").is_file():
-        save(engine, run, cfg.train.max_steps, tokens, flops, corpus, cfg, world)
+    if start < cfg.train.max_steps or resume_tag is None:
+        save(engine, run, cfg.train.max_steps, tokens, flops, corpus, cfg, world, skipped)
     summary = {"objective": objective.name, "steps": cfg.train.max_steps, "tokens": tokens, "train_flops": flops,
-               "train_seconds": train_seconds, "params": n_params}
+               "train_seconds": train_seconds, "skipped_steps": skipped, "params": n_params}
     model = evaluation_model(engine, cfg, rank) if cfg.eval.num_steps else None
     if rank == 0:
         if model is not None:
@@ -360,9 +525,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"huginn-db: error: {err}", file=sys.stderr)
         return 2
-    except NonFiniteLoss as err:
+    except NonFinite as err:
         print(f"huginn-db: error: {err}", file=sys.stderr)
         return 3
+    except CheckpointError as err:
+        print(f"huginn-db: error: {err}", file=sys.stderr)
+        return 4
+    except RankFailure as err:
+        print(f"huginn-db: error: {err}", file=sys.stderr)
+        return 5
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

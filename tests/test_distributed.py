@@ -140,5 +140,5 @@ def test_non_finite_loss_stops_the_run_with_the_step(tmp_path):
             "train.lr=1e30", "train.warmup_steps=1", "train.grad_clip=0"]
     proc = subprocess.run([sys.executable, "-m", "huginn_db.train", *args], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 3, proc.stderr[-2000:]
-    assert "loss became non-finite at step" in proc.stderr
+    assert "loss (micro-batch 0) became non-finite at step" in proc.stderr
     assert not (run / "checkpoints" / "latest").exists()  # nothing written after the last good state

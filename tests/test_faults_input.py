@@ -91,6 +91,7 @@ CONFIG_FAULTS = {
     "missing_deepspeed_json": (["deepspeed=deepspeed/nope.json"], "deepspeed: config file not found"),
     "bad_skip_policy": (["train.skip_nonfinite=-1"], "skip_nonfinite and save_every must be >= 0"),
     "zero_lr": (["train.lr=0"], "need lr > 0"),
+    "compile_under_zero3": (["model.compile_core=true", "deepspeed=deepspeed/zero3.json"], "not supported with ZeRO-3"),
 }
 
 

@@ -162,3 +162,21 @@ def test_chunked_cross_entropy_gives_the_same_loss_and_gradients_and_counts_the_
     assert flops[1] - flops[0] == head  # exactly one more head forward, in the backward
     # the full path keeps the fp32 log-softmax (B·T·V) for the backward; the chunked one does not
     assert saved[0] - saved[1] >= B * T * TINY["vocab_size"] * 4
+
+
+@pytest.mark.slow
+def test_compiled_core_trains_like_the_eager_one_and_keeps_state_dict_keys():
+    cfg = DiffusionBlocksConfig(num_bands=4)
+    out = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = RecurrentDepthLM(ModelConfig(**TINY, sigma_conditioning=True))
+        keys = list(model.state_dict())
+        if compiled:
+            model.compile_core()
+        loss, _ = DiffusionBlocksObjective(cfg).loss(model, _batch(), step=1)
+        loss.backward()
+        out.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        assert list(model.state_dict()) == keys  # the compiled wrapper is not a submodule
+    assert out[0][0] == pytest.approx(out[1][0], abs=1e-5)
+    assert all(torch.allclose(out[0][1][n], out[1][1][n], atol=1e-5) for n in out[0][1])

@@ -98,14 +98,18 @@ def tag_step(tag: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def checkpoint_tags(ckpt: Path) -> list[str]:
-    """Resume candidates, best first: the tag in `latest`, then every stepN/ newest first."""
+def _latest(ckpt: Path) -> str | None:
+    """What `latest` names (None: no readable file)."""
+    try:
+        return (ckpt / "latest").read_text().strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+
+
+def checkpoint_tags(ckpt: Path, named: str | None) -> list[str]:
+    """Resume candidates, best first: `named` (the tag in `latest`), then every stepN/ newest first."""
     tags = sorted((p.name for p in ckpt.glob("step*") if p.is_dir() and tag_step(p.name) is not None),
                   key=tag_step, reverse=True)
-    try:
-        named = (ckpt / "latest").read_text().strip()
-    except (FileNotFoundError, UnicodeDecodeError):
-        named = None
     if named in tags:
         tags.remove(named)
         tags.insert(0, named)
@@ -115,15 +119,12 @@ def checkpoint_tags(ckpt: Path) -> list[str]:
 def find_checkpoint(ckpt: Path) -> tuple[str | None, list[str]]:
     """(the newest complete checkpoint's tag or None, one line per candidate passed over)."""
     passed = []
-    try:
-        named = (ckpt / "latest").read_text().strip()
-    except (FileNotFoundError, UnicodeDecodeError):
-        named = None
+    named = _latest(ckpt)
     if named is not None and tag_step(named) is None:
         passed.append(f"latest names {named[:40]!r}, not a checkpoint tag")
     elif named is not None and not (ckpt / named).is_dir():
         passed.append(f"latest names {named}, which does not exist")
-    for tag in checkpoint_tags(ckpt):
+    for tag in checkpoint_tags(ckpt, named):
         problem = verify(ckpt / tag)
         if problem is None:
             return tag, passed

@@ -512,6 +512,10 @@ def _train(cfg: RunConfig, progress: bool, at: dict) -> dict:
     return summary
 
 
+# the CLI's answer to each way a run can fail (README: "When things go wrong")
+EXIT_CODES = {ConfigError: 2, NonFinite: 3, CheckpointError: 4, RankFailure: 5}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     argv = [a for a in argv if not a.startswith("--local_rank")]  # injected by the launcher
@@ -522,18 +526,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(argv[0], argv[1:])
         summary = train(cfg)
-    except ConfigError as err:
+    except tuple(EXIT_CODES) as err:
         print(f"huginn-db: error: {err}", file=sys.stderr)
-        return 2
-    except NonFinite as err:
-        print(f"huginn-db: error: {err}", file=sys.stderr)
-        return 3
-    except CheckpointError as err:
-        print(f"huginn-db: error: {err}", file=sys.stderr)
-        return 4
-    except RankFailure as err:
-        print(f"huginn-db: error: {err}", file=sys.stderr)
-        return 5
+        return EXIT_CODES[type(err)]
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

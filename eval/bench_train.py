@@ -110,7 +110,7 @@ def make_batch(args, step, device, rows=None):
     g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
     ids = torch.randint(0, args.vocab, (rows or args.batch, args.seq + 1), generator=g).to(device)
     return {"input_ids": ids[:, :-1], "target_ids": ids[:, 1:],
-            "loss_mask": torch.ones(ids.shape[0], args.seq, dtype=torch.bool, device=device)}
+            "loss_weight": torch.ones(ids.shape[0], args.seq, device=device)}
 
 
 def train_step(model, objective, opt, batch, step, autocast, count_flops=False):

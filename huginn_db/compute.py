@@ -494,7 +494,7 @@ def _measure(cfg, B: int, T: int) -> dict:
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, cfg.model.vocab_size, (B, T + 1), generator=g)
-    batch = {"input_ids": ids[:, :-1], "target_ids": ids[:, 1:], "loss_mask": torch.ones(B, T, dtype=torch.bool)}
+    batch = {"input_ids": ids[:, :-1], "target_ids": ids[:, 1:], "loss_weight": torch.ones(B, T)}
     out = {}
     for name, oc, cls in (("bptt", cfg.objective.bptt, BPTTObjective),
                           ("diffusion_blocks", cfg.objective.diffusion_blocks, DiffusionBlocksObjective)):

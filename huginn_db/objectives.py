@@ -77,9 +77,9 @@ class BPTTObjective:
         # initial-state noise differs per micro-batch but is reproducible
         g = torch.Generator(device=batch["input_ids"].device).manual_seed(_seed(self.seed, slot, 1))
         # the model returns the per-position CE (chunked when model.loss_chunk is set)
-        ce = model(batch["input_ids"], num_steps=r, num_grad_steps=k, generator=g,
-                   labels=batch["target_ids"]) * batch["loss_mask"]
-        loss = ce.sum() / batch["loss_mask"].sum().clamp(min=1)
+        w = batch["loss_weight"]
+        ce = model(batch["input_ids"], num_steps=r, num_grad_steps=k, generator=g, labels=batch["target_ids"]) * w
+        loss = ce.sum() / w.sum().clamp(min=1)
         return loss, {"r": r, "no_grad_iters": r - k, "grad_iters": k}
 
     def noise(self, model, batch: int, length: int, generator=None) -> torch.Tensor:
@@ -142,12 +142,12 @@ class DiffusionBlocksObjective:
         sigma = sigma.view(B, -1).to(ids.device)  # (B, 1) or (B, T)
         # z = y + σ·ε with y the unit-norm embedding of the next token (built inside forward)
         eps = torch.randn(B, T, _unwrap(model).cfg.hidden, generator=g).to(ids.device)
-        ce = model(ids, target_ids=tgt, sigma=sigma, noise=eps, c_in=dm.c_in(sigma, self.sig),
-                   labels=tgt) * batch["loss_mask"]
+        w = batch["loss_weight"]
+        ce = model(ids, target_ids=tgt, sigma=sigma, noise=eps, c_in=dm.c_in(sigma, self.sig), labels=tgt) * w
         if self.cfg.loss_weighting == "edm":
-            w = dm.edm_weight(sigma, self.sig)
-            ce = ce * (w / w.mean())
-        loss = ce.sum() / batch["loss_mask"].sum().clamp(min=1)
+            lam = dm.edm_weight(sigma, self.sig)
+            ce = ce * (lam / lam.mean())
+        loss = ce.sum() / w.sum().clamp(min=1)
         ls = sigma.log()
         return loss, {
             "sigma_mean": float(sigma.mean()), "log_sigma_mean": float(ls.mean()),

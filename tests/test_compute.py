@@ -29,7 +29,7 @@ OBJECTIVES = {
 def _batch(B, T, V):
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, V, (B, T + 1), generator=g)
-    return {"input_ids": ids[:, :-1], "target_ids": ids[:, 1:], "loss_mask": torch.ones(B, T, dtype=torch.bool)}
+    return {"input_ids": ids[:, :-1], "target_ids": ids[:, 1:], "loss_weight": torch.ones(B, T)}
 
 
 def _objective(oc):

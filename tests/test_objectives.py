@@ -13,7 +13,7 @@ TINY = dict(vocab_size=50, hidden=32, heads=4, mlp_hidden=64, prelude_layers=1, 
 def _batch(B=4, T=12):
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(3, 50, (B, T + 1), generator=g)
-    return {"input_ids": ids[:, :-1], "target_ids": ids[:, 1:], "loss_mask": torch.ones(B, T, dtype=torch.bool)}
+    return {"input_ids": ids[:, :-1], "target_ids": ids[:, 1:], "loss_weight": torch.ones(B, T)}
 
 
 class CoreCounter:

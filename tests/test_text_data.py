@@ -115,9 +115,9 @@ def test_batches_match_the_reasoning_format_and_are_pure_functions_of_their_indi
     path = str(_jsonl(tmp_path / "d.jsonl", _docs(60, length=13)))
     a, b = _corpus(files=[path], seed=5), _corpus(files=[path], seed=5)
     x, y = a.train_batch(4, step=3, micro=1, rank=1, world=2, grad_accum=2), b.train_batch(4, 3, 1, 1, 2, 2)
-    assert all(torch.equal(x[k], y[k]) for k in ("input_ids", "target_ids", "loss_mask"))
-    assert x["input_ids"].shape == x["target_ids"].shape == x["loss_mask"].shape == (4, 9)
-    assert x["input_ids"].dtype == torch.long and x["loss_mask"].dtype == torch.bool and x["loss_mask"].all()
+    assert all(torch.equal(x[k], y[k]) for k in ("input_ids", "target_ids", "loss_weight"))
+    assert x["input_ids"].shape == x["target_ids"].shape == x["loss_weight"].shape == (4, 9)
+    assert x["input_ids"].dtype == torch.long and torch.equal(x["loss_weight"], torch.ones(4, 9))  # every token counts
     assert torch.equal(x["input_ids"][:, 1:], x["target_ids"][:, :-1])
     assert not torch.equal(x["input_ids"], a.train_batch(4, 3, 1, 0, 2, 2)["input_ids"])
     other = _corpus(files=[path], seed=6)

@@ -313,7 +313,7 @@ class TextCorpus:
     def _batch(windows: np.ndarray) -> dict[str, torch.Tensor]:
         ids = torch.from_numpy(np.asarray(windows, dtype=np.int64))
         return {"input_ids": ids[:, :-1], "target_ids": ids[:, 1:],
-                "loss_mask": torch.ones(ids.shape[0], ids.shape[1] - 1, dtype=torch.bool)}
+                "loss_weight": torch.ones(ids.shape[0], ids.shape[1] - 1)}
 
     def train_batch(self, batch_size: int, step: int, micro: int = 0, rank: int = 0, world: int = 1,
                     grad_accum: int = 1) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from huginn_db.data.reasoning import ReasoningConfig
+from huginn_db.data.reasoning import ReasoningConfig, build_family
 from huginn_db.data.text import TextConfig
 from huginn_db.model import ModelConfig
 from huginn_db.objectives import BPTTConfig, DiffusionBlocksConfig
@@ -174,6 +174,12 @@ def load_config(recipe: str | Path, overrides: list[str] = ()) -> RunConfig:
     if not ds.is_file():
         raise ConfigError(f"deepspeed: config file not found: {cfg.deepspeed}")
     cfg.deepspeed = str(ds.resolve())
+    jl = cfg.data.reasoning.jsonl
+    for key in ("train", "test"):  # a user's task files, as the DeepSpeed JSON: recipe dir, then CWD
+        name = getattr(jl, key)
+        if name and not Path(name).is_absolute():
+            local = path.parent / name
+            setattr(jl, key, str((local if local.is_file() else Path(name)).resolve()))
     validate(cfg)
     check_deepspeed_json(cfg)
     return cfg
@@ -263,6 +269,11 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("resume=auto and overwrite=true contradict each other (continue the run, or replace it); pass one")
     if cfg.data.name not in ("reasoning", "text"):
         raise ConfigError(f"data.name must be reasoning|text, got {cfg.data.name!r}")
+    if cfg.data.name == "reasoning":
+        try:
+            build_family(cfg.data.reasoning)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if cfg.data.name == "text" and cfg.data.text.seq_len > cfg.model.context:
         raise ConfigError(f"data.text.seq_len={cfg.data.text.seq_len} exceeds model.context={cfg.model.context}")
 

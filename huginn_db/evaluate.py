@@ -18,12 +18,9 @@ def reasoning_accuracy(objective, model, corpus: ReasoningCorpus, num_steps: lis
     Prompts are grouped by token length so batches need no padding; decoding is greedy and,
     for DiffusionBlocks, seeded (the sampler starts from noise).
     """
-    tok, examples = corpus.tokenizer, corpus.test_set()
-    if limit is not None:  # the first `limit` problems of each difficulty
-        per = defaultdict(list)
-        for ex in examples:
-            per[ex["difficulty"]].append(ex)
-        examples = [ex for exs in per.values() for ex in exs[:limit]]
+    tok = corpus.tokenizer
+    examples = corpus.test_set(min(limit, corpus.cfg.test_examples) if limit else None)  # the first `limit` per difficulty
+    max_new = max(len(ex["answer"]) for ex in examples) + 1  # and EOS
     groups = defaultdict(list)
     for i, ex in enumerate(examples):
         groups[len(ex["prompt"])].append(i)
@@ -36,7 +33,7 @@ def reasoning_accuracy(objective, model, corpus: ReasoningCorpus, num_steps: lis
             for j in range(0, len(idxs), batch_size):
                 chunk = idxs[j : j + batch_size]
                 ids = torch.tensor([[tok.bos_id] + tok.encode(examples[i]["prompt"]) for i in chunk], device=device)
-                new = generate(objective, model, ids, corpus.max_answer_tokens(), tok.eos_id, num_steps=K, seed=seed)
+                new = generate(objective, model, ids, max_new, tok.eos_id, num_steps=K, seed=seed)
                 for i, row in zip(chunk, new.tolist()):
                     gens[i] = tok.decode(row)
         out[str(K)] = score(examples, gens)

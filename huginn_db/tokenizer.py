@@ -121,8 +121,8 @@ def load_tokenizer(spec: str | Path):
         except json.JSONDecodeError:
             raise ValueError(f"{meta_path} is not valid JSON") from None
         kind = meta.get("type") if isinstance(meta, dict) else None
-        if kind == "reasoning":
-            return CharTokenizer()
+        if kind == "reasoning":  # the base alphabet plus what the run's task family added
+            return CharTokenizer.from_itos(meta["itos"]) if "itos" in meta else CharTokenizer()
         if kind == "sentencepiece":
             return SentencePieceTokenizer(path / meta.get("model", "tokenizer.model"))
         raise ValueError(f"{meta_path}: unknown tokenizer type {kind!r} (expected reasoning or sentencepiece)")

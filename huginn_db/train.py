@@ -59,7 +59,10 @@ def build_corpus(cfg: RunConfig):
             return TextCorpus(cfg.data.text, cfg.seed)
         except (ValueError, FileNotFoundError) as err:
             raise ConfigError(str(err)) from None
-    corpus = ReasoningCorpus(cfg.data.reasoning, cfg.seed)
+    try:
+        corpus = ReasoningCorpus(cfg.data.reasoning, cfg.seed)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     need = corpus.max_length(cfg.data.reasoning.test_difficulties)
     if need > cfg.model.context:
         raise ConfigError(f"model.context={cfg.model.context} is shorter than the longest reasoning example ({need} tokens); raise model.context")

@@ -1,16 +1,18 @@
-"""Embedded reasoning corpus: generated, depth-sensitive tasks with a difficulty knob.
+"""The embedded reasoning benchmark: task families (huginn_db.data.families) as a training
+stream and fixed test sets, with a character tokenizer and exact-match scoring.
 
-Nothing is downloaded; every example is a pure function of (seed, split, index).
+Nothing is downloaded; a training batch is a pure function of (seed, global micro-batch slot)
+and a test set of (family config, test_seed, difficulty) — not of the run seed, so every seed of
+a study is scored on the same problems. Train on `train_difficulties`, test on
+`test_difficulties` (by default harder ones too): extra test-time iterations have something
+to buy only past the training depth.
 
-Tasks
-  chain  chained variable assignments, arithmetic mod 10, e.g. ``a=3;q=5;b=a+4;c=b*2;c?`` → ``4``.
-         difficulty d = number of operations on the path to the queried variable; distractor
-         assignments (constants or derived from other variables) are interleaved, so the model
-         has to follow the dependency chain, one hop per unit of depth.
-  add    multi-digit addition, e.g. ``347+58=`` → ``405``; difficulty = digits of the operands.
+Difficulty counts compositions (hops, operations, swaps); difficulty 0 — a single read-off,
+such as querying a chain's root — may be trained on as a warm-up but is never a benchmark
+difficulty (a one-step problem is shallow by definition).
 
-Train draws from `train_difficulties`, test from `test_difficulties` (by default harder ones
-too), so extra test-time iterations have something to buy.
+Sequence layout: BOS + prompt + answer + EOS. The loss covers the answer and EOS predictions,
+plus the prompt tokens at `prompt_loss_weight` (the answer alone is a few tokens per sequence).
 """
 from __future__ import annotations
 
@@ -21,22 +23,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from huginn_db.data.families import FAMILIES, ChainConfig, CupsConfig, JsonlConfig, ModSumConfig, PermConfig
 from huginn_db.tokenizer import until_eos
 
 SPECIALS = ["<pad>", "<bos>", "<eos>"]
-ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz=;+-*?"
-OPS = "+-*="  # "=" is a plain copy: b=a
+ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz=;+-*?"  # ids stay fixed; families append what else they use
 
 
 class CharTokenizer:
-    """Character-level tokenizer over the corpus alphabet (45 symbols incl. specials)."""
+    """Character-level tokenizer: the base alphabet (45 symbols with specials) plus `extra`."""
 
     name = "reasoning"
 
-    def __init__(self):
-        self.itos = SPECIALS + list(ALPHABET)
+    def __init__(self, extra: str = ""):
+        self.itos = SPECIALS + list(ALPHABET) + sorted(set(extra) - set(ALPHABET))
         self.stoi = {s: i for i, s in enumerate(self.itos)}
         self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
+
+    @classmethod
+    def from_itos(cls, itos: list[str]) -> "CharTokenizer":
+        tok = cls()
+        if itos[: len(tok.itos)] != tok.itos:
+            raise ValueError("tokenizer.json: its symbols do not start with the reasoning alphabet")
+        return cls("".join(itos[len(tok.itos):]))
 
     @property
     def vocab_size(self) -> int:
@@ -57,73 +66,64 @@ class CharTokenizer:
 
 @dataclass
 class ReasoningConfig:
-    task: str = "chain"  # chain | add | mix
+    family: str = "chain"  # chain | modsum | cups | perm | jsonl (huginn_db.data.families)
     train_difficulties: list[int] = field(default_factory=lambda: [1, 2, 3])
-    test_difficulties: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
-    distractors: int = 2  # extra assignments per chain example
-    ops: str = "="  # chain operators from "+-*=" (arithmetic mod 10; "=" copies)
-    test_examples: int = 200  # per difficulty
+    test_difficulties: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6])
+    test_examples: int = 200  # per difficulty (jsonl: at most this many of the test file's)
+    test_seed: int = 0  # the test problems' seed stream, independent of the run seed
+    # loss = (mean CE over answer + EOS + w · mean CE over prompt tokens) / (1 + w)
+    prompt_loss_weight: float = 0.0
+    chain: ChainConfig = field(default_factory=ChainConfig)
+    modsum: ModSumConfig = field(default_factory=ModSumConfig)
+    cups: CupsConfig = field(default_factory=CupsConfig)
+    perm: PermConfig = field(default_factory=PermConfig)
+    jsonl: JsonlConfig = field(default_factory=JsonlConfig)
+
+    def family_config(self):
+        return getattr(self, self.family)
 
 
-def _chain_example(rng: np.random.Generator, d: int, distractors: int, ops: str = OPS) -> tuple[str, str]:
-    names = [chr(c) for c in rng.choice(np.arange(ord("a"), ord("z") + 1), d + 1 + distractors, replace=False)]
-    chain, extra = names[: d + 1], names[d + 1 :]
-    v = int(rng.integers(10))
-    stmts = [[f"{chain[0]}={v}"]]  # chain statements in order; distractors slot in between
-    for i in range(1, d + 1):
-        op, c = ops[rng.integers(len(ops))], int(rng.integers(10))
-        v = (v + c if op == "+" else v - c if op == "-" else v * c if op == "*" else v) % 10
-        stmts.append([f"{chain[i]}={chain[i - 1]}" + (f"{op}{c}" if op != "=" else "")])
-    slot_of: dict[str, int] = {}
-    for x in extra:
-        slot = int(rng.integers(len(stmts)))  # appended after chain statement `slot`
-        if rng.random() < 0.5:  # derived from a variable already defined at that point
-            src = chain[: slot + 1] + [y for y, s in slot_of.items() if s <= slot]
-            y = src[int(rng.integers(len(src)))]
-            op = ops[rng.integers(len(ops))]
-            stmts[slot].append(f"{x}={y}" + (f"{op}{int(rng.integers(10))}" if op != "=" else ""))
-        else:
-            stmts[slot].append(f"{x}={int(rng.integers(10))}")
-        slot_of[x] = slot
-    body = ";".join(s for group in stmts for s in group)
-    return f"{body};{chain[-1]}?", str(v)
-
-
-def _add_example(rng: np.random.Generator, d: int) -> tuple[str, str]:
-    a, b = (int(rng.integers(10 ** (d - 1) if d > 1 else 0, 10**d)) for _ in range(2))
-    return f"{a}+{b}=", str(a + b)
+def build_family(cfg: ReasoningConfig):
+    """The configured family, its difficulties checked (ValueError names the key)."""
+    if cfg.family not in FAMILIES:
+        raise ValueError(f"data.reasoning.family must be one of {'|'.join(FAMILIES)}, got {cfg.family!r}")
+    for key, low in (("train_difficulties", 0), ("test_difficulties", 1)):
+        ds = getattr(cfg, key)
+        if not ds or min(ds) < low:
+            raise ValueError(f"data.reasoning.{key} must be a non-empty list of integers >= {low}, got {ds}"
+                             + (" (difficulty 0, no composition at all, is a training warm-up: it fails the shortcut "
+                                "audit by construction)" if low else ""))
+    if cfg.test_examples < 1 or cfg.prompt_loss_weight < 0:
+        raise ValueError("data.reasoning: test_examples must be >= 1 and prompt_loss_weight >= 0")
+    family = FAMILIES[cfg.family](cfg.family_config())
+    if cfg.family == "jsonl":
+        family.check(cfg.train_difficulties, "train")
+        family.check(cfg.test_difficulties, "test")
+    else:
+        family.check(cfg.train_difficulties + cfg.test_difficulties)
+    return family
 
 
 class ReasoningCorpus:
-    """Deterministic train stream and fixed test set over the configured tasks."""
+    """Deterministic training stream and fixed test sets of one family."""
 
     def __init__(self, cfg: ReasoningConfig, seed: int):
-        if cfg.task not in ("chain", "add", "mix"):
-            raise ValueError(f"data.reasoning.task must be chain|add|mix, got {cfg.task!r}")
-        if not cfg.ops or set(cfg.ops) - set(OPS):
-            raise ValueError(f"data.reasoning.ops must be a non-empty subset of {OPS!r}, got {cfg.ops!r}")
-        if not cfg.train_difficulties or min(cfg.train_difficulties + cfg.test_difficulties) < 1:
-            raise ValueError("data.reasoning difficulties must be non-empty lists of integers >= 1")
         self.cfg, self.seed = cfg, seed
-        self.tokenizer = CharTokenizer()
-
-    def example(self, rng: np.random.Generator, difficulty: int) -> tuple[str, str]:
-        task = self.cfg.task if self.cfg.task != "mix" else ("chain", "add")[rng.integers(2)]
-        if task == "chain":
-            return _chain_example(rng, difficulty, self.cfg.distractors, self.cfg.ops)
-        return _add_example(rng, difficulty)
+        self.family = build_family(cfg)
+        self.tokenizer = CharTokenizer(self.family.alphabet())
 
     def max_length(self, difficulties) -> int:
         """Upper bound on BOS + prompt + answer + EOS tokens for these difficulties."""
-        d = max(difficulties)
-        chain = 4 + 6 * d + 6 * self.cfg.distractors + 2 + 1
-        add = 2 * d + 2 + (d + 1)
-        longest = {"chain": chain, "add": add, "mix": max(chain, add)}[self.cfg.task]
-        return longest + 2
+        return max(self.family.max_length(int(d)) for d in difficulties) + 2
 
     @property
     def train_seq_len(self) -> int:
         return self.max_length(self.cfg.train_difficulties) - 1  # inputs are seq[:-1]
+
+    def train_problems(self, n: int, difficulty: int, seed: int | None = None) -> list[tuple[str, str]]:
+        """n training-distribution problems of one difficulty from their own stream (audit)."""
+        rng = np.random.default_rng([self.seed if seed is None else seed, 2, difficulty])
+        return [self.family.sample(rng, difficulty) for _ in range(n)]
 
     def train_batch(self, batch_size: int, step: int, micro: int = 0, rank: int = 0, world: int = 1,
                     grad_accum: int = 1) -> dict[str, torch.Tensor]:
@@ -132,29 +132,24 @@ class ReasoningCorpus:
         exactly the samples of 1 rank × 2 micro-batches (same global batch, same data)."""
         slot = (step * grad_accum + micro) * world + rank
         rng = np.random.default_rng([self.seed, 0, slot])
-        tok, T = self.tokenizer, self.train_seq_len
+        tok, T, w = self.tokenizer, self.train_seq_len, self.cfg.prompt_loss_weight
         ids = torch.full((batch_size, T + 1), tok.pad_id, dtype=torch.long)
-        mask = torch.zeros(batch_size, T, dtype=torch.bool)
+        weight = torch.zeros(batch_size, T)
         for i in range(batch_size):
             d = self.cfg.train_difficulties[rng.integers(len(self.cfg.train_difficulties))]
-            prompt, answer = self.example(rng, int(d))
+            prompt, answer = self.family.sample(rng, int(d))
             p, a = [tok.bos_id] + tok.encode(prompt), tok.encode(answer) + [tok.eos_id]
             ids[i, : len(p) + len(a)] = torch.tensor(p + a)
-            mask[i, len(p) - 1 : len(p) + len(a) - 1] = True  # score answer + EOS predictions only
-        return {"input_ids": ids[:, :-1], "target_ids": ids[:, 1:], "loss_mask": mask}
+            weight[i, len(p) - 1 : len(p) + len(a) - 1] = 1.0  # answer + EOS predictions
+            if w > 0 and len(p) > 1:  # prompt tokens after BOS, w times the answer's total weight
+                weight[i, : len(p) - 1] = w * len(a) / (len(p) - 1)
+        return {"input_ids": ids[:, :-1], "target_ids": ids[:, 1:], "loss_weight": weight}
 
-    def test_set(self) -> list[dict]:
+    def test_set(self, examples: int | None = None) -> list[dict]:
         """Fixed held-out problems: `test_examples` per test difficulty, own seed stream."""
-        out = []
-        for d in self.cfg.test_difficulties:
-            rng = np.random.default_rng([self.seed, 1, d])
-            for _ in range(self.cfg.test_examples):
-                prompt, answer = self.example(rng, d)
-                out.append({"difficulty": d, "prompt": prompt, "answer": answer})
-        return out
-
-    def max_answer_tokens(self) -> int:
-        return max(self.cfg.test_difficulties) + 2 if self.cfg.task != "chain" else 2
+        n = examples or self.cfg.test_examples
+        return [{"difficulty": d, "prompt": p, "answer": a} for d in self.cfg.test_difficulties
+                for p, a in self.family.test_problems(d, n, self.cfg.test_seed)]
 
 
 def score(examples: list[dict], generations: list[str]) -> dict[str, float]:

@@ -6,6 +6,7 @@
     huginn-db compare RECIPE.yaml [--mode step|compute] [--seeds ...] [key=value ...]
                                                          train DB and BPTT, lm-eval both, report
     huginn-db report RUN_DIR [RUN_DIR ...]               rebuild report.md and plots from runs
+    huginn-db audit RECIPE.yaml [key=value ...]          trivial predictors vs chance on its reasoning tasks
     huginn-db flops RECIPE.yaml [key=value ...] [--json]   analytic compute per step / token
     huginn-db peak [--json]                              this machine's matmul FLOP/s (MFU)
     huginn-db export RUN_DIR --out DIR                   consolidated safetensors + config
@@ -46,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         from huginn_db import compare
 
         return compare.main_compare(rest) if cmd == "compare" else compare.main_report(rest)
+    if cmd == "audit":
+        from huginn_db.data.audit import main as audit_main
+
+        return audit_main(rest)
     if cmd in ("flops", "peak"):
         from huginn_db import compute
 
@@ -58,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         from huginn_db.tokenizer import main as tokenizer_main
 
         return tokenizer_main(rest)
-    print(f"huginn-db: error: unknown command {cmd!r} (try train, demo, eval, compare, report, flops, peak, export, tokenizer)", file=sys.stderr)
+    print(f"huginn-db: error: unknown command {cmd!r} (try train, demo, eval, compare, report, audit, flops, peak, export, tokenizer)", file=sys.stderr)
     return 2
 
 

@@ -1,8 +1,8 @@
 """lm-eval (0.4.13) model `huginn_db` for the looped models huginn_db trains, and the local tasks.
 
     python -m huginn_db.lm_eval --model huginn_db \
-        --model_args checkpoint=runs/demo/db,num_steps=8 --tasks reasoning_chain,wikitext2_local
-    evaluate("runs/demo/db", ["reasoning_chain"], [1, 2, 4, 8])   # -> {K: lm-eval results}
+        --model_args checkpoint=runs/demo/db-seed0,num_steps=8 --tasks reasoning_cups,wikitext2_local
+    evaluate("runs/demo/db-seed0", ["reasoning_cups_d8"], [1, 2, 4, 8])   # -> {K: lm-eval results}
 
 `python -m huginn_db.lm_eval` is lm-eval's own CLI with this model registered and the local
 tasks (eval/tasks) on the include path. model_args: checkpoint=RUN_OR_EXPORT_DIR,
@@ -61,7 +61,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
 from tqdm import tqdm
 
-from huginn_db.checkpoint import load_run
+from huginn_db.checkpoint import load_run, read_config
 from huginn_db.objectives import greedy_tokens
 from huginn_db.tokenizer import load_tokenizer
 
@@ -78,8 +78,31 @@ def default_data_root() -> Path:
     return Path(os.environ.get("HUGINN_DB_DATA") or REPO.parent / "shared" / "data").resolve()
 
 
+REASONING_MAX_DIFFICULTY = 12  # reasoning_<family>_d1 … _d12
+REASONING_GROUP = range(1, 9)  # reasoning_<family>: d1–d8
+
+
+def reasoning_tasks() -> dict[str, str]:
+    """{file name: YAML} of the generated reasoning tasks: one per registered family and
+    difficulty, plus a group per generated family (jsonl's difficulties are the user's)."""
+    from huginn_db.data.families import FAMILIES
+
+    files = {}
+    for family in FAMILIES:
+        for d in range(1, REASONING_MAX_DIFFICULTY + 1):
+            files[f"reasoning_{family}_d{d}.yaml"] = (f"include: _reasoning_template_yaml\ntask: reasoning_{family}_d{d}\n"
+                                                     f"dataset_kwargs:\n  family: {family}\n  difficulty: {d}\n")
+        if family != "jsonl":
+            members = ", ".join(f"reasoning_{family}_d{d}" for d in REASONING_GROUP)
+            files[f"reasoning_{family}.yaml"] = (f"group: reasoning_{family}\ntask: [{members}]\naggregate_metric_list:\n"
+                                                f"  - metric: exact_match\n    aggregation: mean\n    weight_by_size: true\n"
+                                                f"metadata:\n  version: 2.0\n")
+    return files
+
+
 def task_dir(data_root: str | Path | None = None) -> Path:
-    """eval/tasks with ${HUGINN_DB_DATA} and ${LM_EVAL_TASKS} made absolute, for include_path.
+    """eval/tasks with ${HUGINN_DB_DATA} and ${LM_EVAL_TASKS} made absolute, plus the
+    generated reasoning tasks (`reasoning_tasks`), for include_path.
 
     Written once per (data root, lm-eval install, task sources) under the temp dir; a rename
     publishes it whole, so concurrent ranks never read a half-written copy.
@@ -89,9 +112,12 @@ def task_dir(data_root: str | Path | None = None) -> Path:
     root = Path(data_root).resolve() if data_root else default_data_root()
     stock = Path(lm_eval.tasks.__file__).resolve().parent
     sources = sorted(p for p in TASKS_SRC.iterdir() if p.is_file() and (p.suffix in (".yaml", ".py") or p.name.endswith("_yaml")))
+    generated = reasoning_tasks()
     digest = hashlib.sha256(f"{root}\n{stock}".encode())
     for p in sources:
         digest.update(p.name.encode() + p.read_bytes())
+    for name, text in generated.items():
+        digest.update(name.encode() + text.encode())
     out = Path(tempfile.gettempdir()) / "huginn_db_tasks" / digest.hexdigest()[:16]
     if out.is_dir():
         return out
@@ -100,11 +126,22 @@ def task_dir(data_root: str | Path | None = None) -> Path:
     for p in sources:
         text = p.read_text(encoding="utf-8").replace("${HUGINN_DB_DATA}", str(root)).replace("${LM_EVAL_TASKS}", str(stock))
         (staging / p.name).write_text(text, encoding="utf-8")
+    for name, text in generated.items():
+        (staging / name).write_text(text, encoding="utf-8")
     try:
         staging.rename(out)
     except OSError:  # another process published the same copy first
         shutil.rmtree(staging)
     return out
+
+
+def default_tasks(cfg) -> list[str]:
+    """The recipe's own benchmark: one task per test difficulty of its reasoning family (the
+    difficulty × depth matrix of the report), or validation perplexity for text."""
+    if cfg.data.name != "reasoning":
+        return ["tinystories_local"]
+    r = cfg.data.reasoning
+    return [f"reasoning_{r.family}_d{d}" for d in r.test_difficulties]
 
 
 # --- the model --------------------------------------------------------------------------------
@@ -369,8 +406,10 @@ def evaluate(checkpoint: str | Path, tasks: list[str], num_steps_list: list[int]
     from lm_eval.tasks import TaskManager
 
     include = str(task_dir(data_root))
-    local = TaskManager(include_path=include, include_defaults=False)
-    manager = local if all(t in local.all_tasks for t in tasks) else TaskManager(include_path=include)
+    # as lm-eval's CLI does with model_args: the reasoning tasks read the checkpoint's recipe
+    meta = {"checkpoint": str(checkpoint)}
+    local = TaskManager(include_path=include, include_defaults=False, metadata=meta)
+    manager = local if all(t in local.all_tasks for t in tasks) else TaskManager(include_path=include, metadata=meta)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:  # lm-eval would only log it and evaluate the rest
         import difflib
@@ -397,7 +436,8 @@ def main_eval(argv: list[str]) -> int:
 
     ap = argparse.ArgumentParser(prog="huginn-db eval", description=main_eval.__doc__)
     ap.add_argument("checkpoint", help="run directory or export directory")
-    ap.add_argument("--tasks", default="reasoning_chain", help="comma-separated (default: the embedded reasoning group)")
+    ap.add_argument("--tasks", default=None, help="comma-separated (default: the run's own benchmark, one "
+                    "reasoning_<family>_d<k> task per test difficulty of its recipe)")
     ap.add_argument("--num-steps", default=None, help="comma-separated depths (default: the objective's)")
     ap.add_argument("--limit", type=float, default=None)
     ap.add_argument("--num_fewshot", type=int, default=None)
@@ -411,10 +451,11 @@ def main_eval(argv: list[str]) -> int:
         print(f"huginn-db: error: {ckpt} is not a run or export directory (no config.yaml)", file=sys.stderr)
         return 2
     model_args = simple_parse_args_string(args.model_args) if args.model_args else {}
+    tasks = args.tasks.split(",") if args.tasks else default_tasks(read_config(ckpt))
     steps = [int(k) for k in args.num_steps.split(",")] if args.num_steps else [None]
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     try:
-        results = evaluate(ckpt, args.tasks.split(","), steps, limit=limit, data_root=args.data_root,
+        results = evaluate(ckpt, tasks, steps, limit=limit, data_root=args.data_root,
                            model_args=model_args, num_fewshot=args.num_fewshot, log_samples=args.log_samples)
     except (KeyError, ValueError) as err:
         print(f"huginn-db: error: {err}", file=sys.stderr)

@@ -199,7 +199,13 @@ def test_task_dir_resolves_the_data_root(tmp_path):
     assert d == hl.task_dir(tmp_path)  # written once
     text = (d / "arc_challenge_local.yaml").read_text()
     assert "${" not in text and f"{tmp_path.resolve()}/arc/ARC-Challenge-Test.jsonl" in text
-    assert (d / "utils.py").is_file() and (d / "_reasoning_chain_template_yaml").is_file()
+    assert (d / "utils.py").is_file() and (d / "_reasoning_template_yaml").is_file()
+    # one generated task per registered family and difficulty, a group per generated family
+    from huginn_db.data.families import FAMILIES
+
+    for family in FAMILIES:
+        assert (d / f"reasoning_{family}_d{hl.REASONING_MAX_DIFFICULTY}.yaml").is_file()
+        assert (d / f"reasoning_{family}.yaml").is_file() == (family != "jsonl")
 
 
 def test_cli_is_lm_eval_with_the_model_and_local_tasks(monkeypatch):
@@ -225,6 +231,31 @@ def test_every_local_task_runs_offline(runs, data_root, monkeypatch):
         metrics = {k: v for k, v in res[task].items() if "," in k and "stderr" not in k}
         assert metrics and all(math.isfinite(v) for v in metrics.values()), (task, res[task])
     assert res["reasoning_chain"]["sample_len"] == 16  # 8 difficulties x limit 2
+
+
+def test_reasoning_tasks_score_the_distribution_the_checkpoint_trained_on(runs, tmp_path):
+    """lm-eval hands model_args to the task as metadata: the problems follow the run's recipe
+    (here mod 7, three chains), and a task of another family falls back to its defaults."""
+    import dataclasses
+
+    from huginn_db.data.reasoning import ReasoningConfig, ReasoningCorpus
+
+    run = tmp_path / "mod7"
+    run.mkdir()
+    cfg = yaml.safe_load((runs["bptt"] / "config.yaml").read_text())
+    cfg["data"]["reasoning"]["chain"].update(modulus=7, chains=3)
+    cfg["data"]["reasoning"]["test_seed"] = 11
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    for name in ("model.safetensors", "tokenizer.json"):
+        (run / name).write_bytes((runs["bptt"] / name).read_bytes())
+    out = hl.evaluate(run, ["reasoning_chain_d2", "reasoning_modsum_d3"], [1], limit=4, **dict(FAST, log_samples=True))[1]
+    docs = {t: [s["doc"] for s in out["samples"][t]] for t in out["samples"]}
+    ours = ReasoningConfig(test_difficulties=[2], test_examples=4, test_seed=11)
+    ours.chain = dataclasses.replace(ours.chain, modulus=7, chains=3)
+    assert docs["reasoning_chain_d2"] == ReasoningCorpus(ours, 0).test_set()
+    assert docs["reasoning_chain_d2"] != ReasoningCorpus(ReasoningConfig(test_difficulties=[2], test_examples=4), 0).test_set()
+    assert docs["reasoning_modsum_d3"] == ReasoningCorpus(ReasoningConfig(family="modsum", test_difficulties=[3],
+                                                                          test_examples=4), 0).test_set()
 
 
 def test_num_steps_sweep(runs, monkeypatch):

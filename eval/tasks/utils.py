@@ -26,15 +26,26 @@ def _splits(make, data_files: dict) -> dict[str, datasets.Dataset]:
     return {split: datasets.Dataset.from_list(make(path)) for split, path in data_files.items()}
 
 
-def reasoning_chain(difficulty: int, **_) -> dict[str, datasets.Dataset]:
-    """The embedded corpus's test problems of one difficulty (default ReasoningConfig, seed 0).
+def reasoning(family: str, difficulty: int, checkpoint: str | None = None, **_) -> dict[str, datasets.Dataset]:
+    """Test problems of one family and difficulty, from the recipe the model trained on.
 
-    Each difficulty has its own seed stream, so these are exactly the d-problems of the
-    default test set (d ≤ 5) and its natural extension (d = 6)."""
+    lm-eval hands model_args to the task as metadata, so `checkpoint` names the run (or export)
+    being scored: if it trained on this family, its data.reasoning config (family knobs, test
+    seed) defines the problems; otherwise — no checkpoint, another family, a text model — the
+    family's defaults do (jsonl has none: its tasks need the checkpoint of a jsonl run)."""
+    import dataclasses
+
     from huginn_db.data.reasoning import ReasoningConfig, ReasoningCorpus
 
-    corpus = ReasoningCorpus(ReasoningConfig(test_difficulties=[int(difficulty)]), seed=0)
-    return {"test": datasets.Dataset.from_list(corpus.test_set())}
+    cfg = ReasoningConfig(family=family)
+    if checkpoint:
+        from huginn_db.checkpoint import read_config
+
+        run = read_config(checkpoint)
+        if run.data.name == "reasoning" and run.data.reasoning.family == family:
+            cfg = run.data.reasoning
+    cfg = dataclasses.replace(cfg, test_difficulties=[int(difficulty)])
+    return {"test": datasets.Dataset.from_list(ReasoningCorpus(cfg, seed=0).test_set())}
 
 
 def text_blocks(data_files: dict, **_) -> dict[str, datasets.Dataset]:

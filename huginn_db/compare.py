@@ -16,20 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 from huginn_db.config import ConfigError, load_config
+from huginn_db.report import OBJECTIVES, SHORT, print_report, write_report
 
-OBJECTIVES = ("diffusion_blocks", "bptt")
-SHORT = {"diffusion_blocks": "DB", "bptt": "BPTT"}
-
-
-def default_tasks(data_name: str) -> list[str]:
-    return ["reasoning_chain"] if data_name == "reasoning" else ["tinystories_local"]
 
 
 def _train(recipe: str, run: Path, overrides: list[str]) -> None:
@@ -59,7 +52,9 @@ def steps_for_budget(recipe: str, overrides: list[str], budget: float | None) ->
 def compare(recipe: str, mode: str, seeds: list[int], num_steps: list[int], tasks: list[str] | None,
             limit: int | None, out: Path, overrides: list[str], budget: float | None = None) -> Path:
     base = load_config(recipe, overrides)
-    tasks = tasks or default_tasks(base.data.name)
+    from huginn_db.lm_eval import default_tasks
+
+    tasks = tasks or default_tasks(base)
     steps = {obj: base.train.max_steps for obj in OBJECTIVES}
     if mode == "compute":
         steps, budget = steps_for_budget(recipe, overrides, budget)
@@ -86,145 +81,6 @@ def evaluate_run(run: Path, tasks: list[str], num_steps: list[int], limit: int |
     (run / "eval").mkdir(exist_ok=True)
     (run / "eval" / "lm_eval.json").write_text(json.dumps({"tasks": tasks, "scores": scores}, indent=2))
     return scores
-
-
-# --- report -------------------------------------------------------------------------------------
-
-def _load(run: Path) -> dict:
-    import yaml
-
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
-    ev = run / "eval" / "lm_eval.json"
-    return {"run": run, "objective": cfg["objective"]["name"], "seed": cfg["seed"], "cfg": cfg,
-            "train": [r for r in rows if "loss" in r],
-            "evals": [r for r in rows if "loss" not in r],
-            "scores": json.loads(ev.read_text())["scores"] if ev.is_file() else {}}
-
-
-def _fmt(xs: list[float], spec: str = ".3f") -> str:
-    if not xs:
-        return "–"
-    if len(xs) == 1:
-        return format(xs[0], spec)
-    return f"{format(statistics.mean(xs), spec)} ± {format(statistics.stdev(xs), spec)}"
-
-
-def _headline_metric(task_scores: dict) -> tuple[str, float] | None:
-    for m in ("exact_match,none", "acc,none", "acc_norm,none", "word_perplexity,none", "bits_per_byte,none"):
-        if m in task_scores:
-            return m.split(",")[0], task_scores[m]
-    return None
-
-
-def write_report(runs: list[Path], out: Path) -> Path:
-    data = [_load(Path(r)) for r in runs]
-    out.mkdir(parents=True, exist_ok=True)
-    by_obj = {o: [d for d in data if d["objective"] == o] for o in OBJECTIVES}
-    # equal step counts: step-matched; otherwise the steps were set from a FLOP budget
-    mode = "step" if len({d["train"][-1]["step"] for d in data if d["train"]}) == 1 else "compute"
-    lines = [f"# DiffusionBlocks vs truncated BPTT ({mode}-matched)", ""]
-    lines += ["## Training cost", "",
-              "| | steps | tokens | train FLOPs | FLOPs/step | wall time (s) | s/step (median) | tokens/s | peak mem (MiB) | final loss |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for o, ds in by_obj.items():
-        if not ds:
-            continue
-        last = [d["train"][-1] for d in ds]
-        s_step = [statistics.median(r["seconds"] for r in d["train"][min(2, len(d["train"]) - 1):]) for d in ds]
-        lines.append("| " + " | ".join([
-            SHORT[o], _fmt([r["step"] for r in last], ".0f"), _fmt([r["tokens"] for r in last], ".0f"),
-            _fmt([r.get("flops", float("nan")) for r in last], ".3e"),
-            _fmt([r.get("flops", float("nan")) / r["step"] for r in last], ".3e"),
-            _fmt([r["elapsed"] for r in last], ".1f"), _fmt(s_step, ".3f"),
-            _fmt([r["tokens"] / r["elapsed"] for r in last], ".0f"),
-            _fmt([r.get("peak_memory_bytes", float("nan")) / 2**20 for r in last], ".0f"),
-            _fmt([r["loss"] for r in last], ".4f")]) + " |")
-    if all(by_obj.values()):
-        f = {o: statistics.mean(d["train"][-1].get("flops", float("nan")) for d in ds) for o, ds in by_obj.items()}
-        lines += ["", f"Training FLOPs BPTT/DB: **{f['bptt'] / f['diffusion_blocks']:.2f}×**."]
-
-    Ks = sorted({K for d in data for K in d["scores"]}, key=int)
-    tasks = sorted({t for d in data for K in d["scores"] for t in d["scores"][K]})
-    if Ks:
-        lines += ["", "## Benchmark scores (lm-eval)", "",
-                  "Depth K = loop iterations at test time (r for BPTT, Euler steps over K σ-bands for DB). "
-                  "Generation tasks use the K-step loop for both; DB log-likelihoods are the "
-                  "denoiser's context-only (σ_max) prediction.", "",
-                  "| task | metric | K | DB | BPTT |", "|---|---|---|---|---|"]
-        for t in tasks:
-            for K in Ks:
-                cells, metric = [], None
-                for o in OBJECTIVES:
-                    hms = [hm for d in by_obj[o] if (hm := _headline_metric(d["scores"].get(K, {}).get(t, {})))]
-                    metric = metric or (hms[0][0] if hms else None)
-                    cells.append(_fmt([v for _, v in hms]))
-                if metric:
-                    lines.append(f"| {t} | {metric} | {K} | {cells[0]} | {cells[1]} |")
-    plots = _plots(data, by_obj, Ks, tasks, out)
-    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
-    lines += ["", "Runs: " + ", ".join(f"`{d['run']}`" for d in data), ""]
-    report = out / "report.md"
-    report.write_text("\n".join(lines))
-    return report
-
-
-def _mean_score(ds: list[dict], K: str, task: str) -> float:
-    vals = [hm[1] for d in ds if (hm := _headline_metric(d["scores"].get(K, {}).get(task, {})))]
-    return statistics.mean(vals) if vals else float("nan")
-
-
-def _plots(data, by_obj, Ks, tasks, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = {"diffusion_blocks": "tab:blue", "bptt": "tab:orange"}
-    paths = []
-
-    def save(fig, ax, name, title, xlabel, ylabel):
-        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        paths.append(out / name)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for o, ds in by_obj.items():
-        for i, d in enumerate(ds):
-            ax.plot([r["flops"] for r in d["train"]], [r["loss"] for r in d["train"]], color=colors[o],
-                    alpha=0.8, label=SHORT[o] if i == 0 else None)
-    ax.set_yscale("log")
-    save(fig, ax, "loss_vs_flops.png", "Loss vs training compute", "training FLOPs (analytic)", "training loss")
-
-    # the headline task: a group (reasoning_chain) rather than one difficulty, when present
-    headline = [t for t in tasks if not re.fullmatch(r".*_d\d+", t)] or tasks
-    if Ks and headline:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for o, ds in by_obj.items():
-            ax.plot([int(K) for K in Ks], [_mean_score(ds, K, headline[0]) for K in Ks], marker="o",
-                    color=colors[o], label=SHORT[o])
-        ax.set_xscale("log", base=2)
-        save(fig, ax, "score_vs_iterations.png", "Score vs test-time iterations", "test-time iterations K", headline[0])
-
-    per_d = sorted((t for t in tasks if re.fullmatch(r".*_d\d+", t)), key=lambda t: int(t.rsplit("_d", 1)[-1]))
-    if Ks and per_d:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        hops = [int(t.rsplit("_d", 1)[-1]) for t in per_d]
-        for o, ds in by_obj.items():
-            for K, style in ((Ks[0], ":"), (Ks[-1], "-")):
-                ax.plot(hops, [_mean_score(ds, K, t) for t in per_d], style, marker="o", color=colors[o],
-                        label=f"{SHORT[o]} K={K}")
-        ax.set_ylim(-0.02, 1.02)
-        save(fig, ax, "accuracy_per_difficulty.png", "Accuracy per difficulty", "difficulty (hops)", "exact match")
-    return paths
-
-
-def print_report(report: Path) -> None:
-    text = report.read_text()
-    print(text.split("## Plots")[0])
 
 
 def main_compare(argv: list[str]) -> int:

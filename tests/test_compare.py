@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 TINY = ["train.micro_batch_size=16", "train.warmup_steps=2", "train.log_every=5", "train.threads=1",
         "model.hidden=64", "model.mlp_hidden=128", "objective.bptt.mean_recurrence=4",
-        "objective.diffusion_blocks.num_bands=4"]
+        "objective.diffusion_blocks.num_bands=4", "data.reasoning.test_difficulties=[2,7,8]"]
 
 
 def run(*args, timeout=900):
@@ -24,11 +24,10 @@ def run(*args, timeout=900):
 def test_compare_compute_matched_then_report_rebuild(tmp_path):
     out = tmp_path / "cmp"
     stdout = run("compare", str(RECIPES / "demo-db.yaml"), "--mode", "compute", "--num-steps", "1,2",
-                 "--tasks", "reasoning_chain_d1,reasoning_chain_d2", "--limit", "4", "--out", str(out),
-                 "train.max_steps=10", *TINY)
-    assert "Training cost" in stdout and "Benchmark scores" in stdout
+                 "--limit", "4", "--out", str(out), "train.max_steps=10", *TINY)
+    assert "Training cost" in stdout and "Depth benchmark: `cups` family" in stdout and "Shortcut audit" in stdout
     report = (out / "report.md").read_text()
-    for png in ("loss_vs_flops.png", "score_vs_iterations.png", "accuracy_per_difficulty.png"):
+    for png in ("loss_vs_flops.png", "depth_per_difficulty.png", "test_time_scaling.png"):
         assert (out / png).stat().st_size > 1000 and png in report
     # compute-matched: same FLOP budget, so the cheaper DB step gets more steps
     db = [json.loads(l) for l in (out / "db-seed0" / "metrics.jsonl").read_text().splitlines()]
@@ -39,9 +38,10 @@ def test_compare_compute_matched_then_report_rebuild(tmp_path):
     assert 0.6 < ratio < 1.6
     for r in ("db-seed0", "bptt-seed0"):
         scores = json.loads((out / r / "eval" / "lm_eval.json").read_text())["scores"]
-        assert set(scores) == {"1", "2"}
-        assert 0.0 <= scores["2"]["reasoning_chain_d1"]["exact_match,none"] <= 1.0
-    assert "| reasoning_chain_d1 | exact_match | 2 |" in report
+        # the recipe's own benchmark by default: one task per test difficulty
+        assert set(scores) == {"1", "2"} and set(scores["2"]) == {f"reasoning_cups_d{d}" for d in (2, 7, 8)}
+        assert 0.0 <= scores["2"]["reasoning_cups_d2"]["exact_match,none"] <= 1.0
+    assert re.search(r"\| d7 ‡ \| [\d.]+ \| [\d.]+ \|", report) and "| BPTT | d8 | 1 → 2 |" in report
 
     (out / "report.md").unlink()
     run("report", str(out / "db-seed0"), str(out / "bptt-seed0"), "--out", str(out))
@@ -51,11 +51,12 @@ def test_compare_compute_matched_then_report_rebuild(tmp_path):
 def test_eval_cli_sweeps_depths(tmp_path):
     train_dir = tmp_path / "run"
     run("train", str(RECIPES / "demo-bptt.yaml"), f"run_dir={train_dir}", "train.max_steps=5", "eval.num_steps=[]", *TINY)
-    stdout = run("eval", str(train_dir), "--tasks", "reasoning_chain_d1", "--num-steps", "1,3", "--limit", "3")
-    assert "reasoning_chain_d1" in stdout
+    stdout = run("eval", str(train_dir), "--num-steps", "1,3", "--limit", "3")  # default: its own benchmark
+    assert "reasoning_cups_d8" in stdout
     for K in (1, 3):
         res = json.loads((train_dir / "eval" / f"lm_eval_K{K}.json").read_text())
-        assert "exact_match,none" in res["results"]["reasoning_chain_d1"]
+        assert set(res["results"]) == {"reasoning_cups_d2", "reasoning_cups_d7", "reasoning_cups_d8"}
+        assert "exact_match,none" in res["results"]["reasoning_cups_d8"]
     proc = subprocess.run([sys.executable, "-m", "huginn_db.cli", "eval", str(tmp_path / "nope")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "not a run or export directory" in proc.stderr

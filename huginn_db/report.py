@@ -1,0 +1,273 @@
+"""report.md and plots from run directories: training cost, the depth benchmark (accuracy per
+difficulty × test-time iterations, extrapolation gain, the shortcut audit) and lm-eval scores.
+
+Everything is rebuilt from what each run directory keeps (config.yaml, metrics.jsonl,
+eval/lm_eval.json), so `huginn-db report RUN ...` reproduces what `huginn-db compare` wrote.
+
+Extrapolation gain of one run: accuracy on the first test difficulty past the training
+difficulties at the largest evaluated K, minus the same at the smallest (K = 1). The depth
+scaling at the training boundary is the same difference at the largest trained difficulty.
+"""
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from pathlib import Path
+
+OBJECTIVES = ("diffusion_blocks", "bptt")
+SHORT = {"diffusion_blocks": "DB", "bptt": "BPTT"}
+COLORS = {"diffusion_blocks": "tab:blue", "bptt": "tab:orange"}
+_DEPTH_TASK = re.compile(r"reasoning_([a-z0-9]+)_d(\d+)")
+
+
+def load_run(run: Path) -> dict:
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    ev = run / "eval" / "lm_eval.json"
+    return {"run": run, "objective": cfg["objective"]["name"], "seed": cfg["seed"], "cfg": cfg,
+            "train": [r for r in rows if "loss" in r],
+            "scores": json.loads(ev.read_text())["scores"] if ev.is_file() else {}}
+
+
+def fmt(xs: list[float], spec: str = ".3f") -> str:
+    """One value, or mean ± sample standard deviation over seeds."""
+    xs = [x for x in xs if x == x]  # drop NaN (a run without that cell)
+    if not xs:
+        return "–"
+    if len(xs) == 1:
+        return format(xs[0], spec)
+    return f"{format(statistics.mean(xs), spec)} ± {format(statistics.stdev(xs), spec.lstrip('+'))}"
+
+
+def headline_metric(task_scores: dict) -> tuple[str, float] | None:
+    for m in ("exact_match,none", "acc,none", "acc_norm,none", "word_perplexity,none", "bits_per_byte,none"):
+        if m in task_scores:
+            return m.split(",")[0], task_scores[m]
+    return None
+
+
+# --- the depth benchmark ------------------------------------------------------------------------
+
+def depth_matrix(run: dict) -> dict[int, dict[int, float]]:
+    """{difficulty: {K: exact match}} from a run's reasoning_<family>_d<k> scores."""
+    out: dict[int, dict[int, float]] = {}
+    for K, tasks in run["scores"].items():
+        for task, metrics in tasks.items():
+            m = _DEPTH_TASK.fullmatch(task)
+            if m and "exact_match,none" in metrics:
+                out.setdefault(int(m.group(2)), {})[int(K)] = metrics["exact_match,none"]
+    return out
+
+
+def depth_summary(run: dict) -> dict | None:
+    """Extrapolation gain and depth scaling of one run (None without depth scores)."""
+    mat = depth_matrix(run)
+    if not mat:
+        return None
+    trained = run["cfg"]["data"]["reasoning"]["train_difficulties"]
+    unseen = sorted(d for d in mat if d > max(trained))
+    Ks = sorted({K for row in mat.values() for K in row})
+    k_lo, k_hi = Ks[0], Ks[-1]
+    out = {"k_lo": k_lo, "k_hi": k_hi, "trained_max": max(trained)}
+    if max(trained) in mat:
+        row = mat[max(trained)]
+        out["scaling"] = row.get(k_hi, float("nan")) - row.get(k_lo, float("nan"))
+    if unseen:
+        row = mat[unseen[0]]
+        out.update(unseen=unseen[0], acc_lo=row.get(k_lo, float("nan")), acc_hi=row.get(k_hi, float("nan")))
+        out["gain"] = out["acc_hi"] - out["acc_lo"]
+    return out
+
+
+def _depth_section(data: list[dict], by_obj: dict) -> list[str]:
+    mats = {id(d): depth_matrix(d) for d in data}
+    if not any(mats.values()):
+        return []
+    first = next(d for d in data if mats[id(d)])
+    r = first["cfg"]["data"]["reasoning"]
+    trained = set(r["train_difficulties"])
+    chance = _chance(first)
+    lines = ["", f"## Depth benchmark: `{r['family']}` family", "",
+             f"Exact match per test difficulty (rows) and test-time iterations K (columns: r for BPTT, Euler "
+             f"steps over K σ-bands for DB); trained on d ∈ {sorted(trained)}; chance {chance:.3f}; mean ± std over "
+             f"seeds where there are several. ‡ marks the trained difficulties."]
+    for o, ds in by_obj.items():
+        ds = [d for d in ds if mats[id(d)]]
+        if not ds:
+            continue
+        diffs = sorted({k for d in ds for k in mats[id(d)]})
+        Ks = sorted({K for d in ds for row in mats[id(d)].values() for K in row})
+        lines += ["", f"**{SHORT[o]}** ({len(ds)} seed{'s' if len(ds) > 1 else ''})", "",
+                  "| difficulty | " + " | ".join(f"K={K}" for K in Ks) + " |", "|---" * (len(Ks) + 1) + "|"]
+        for k in diffs:
+            cells = [fmt([mats[id(d)].get(k, {}).get(K, float("nan")) for d in ds]) for K in Ks]
+            lines.append(f"| d{k}{' ‡' if k in trained else ''} | " + " | ".join(cells) + " |")
+    lines += ["", "| objective | first unseen d | K_lo → K_hi | accuracy at K_lo | at K_hi | extrapolation gain | "
+                  "per seed | largest trained d: gain K_lo → K_hi |", "|---|---|---|---|---|---|---|---|"]
+    for o, ds in by_obj.items():
+        sums = [s for d in ds if (s := depth_summary(d)) is not None and "gain" in s]
+        if not sums:
+            continue
+        s0 = sums[0]
+        lines.append(f"| {SHORT[o]} | d{s0['unseen']} | {s0['k_lo']} → {s0['k_hi']} | {fmt([s['acc_lo'] for s in sums])} | "
+                     f"{fmt([s['acc_hi'] for s in sums])} | **{fmt([s['gain'] for s in sums], '+.3f')}** | "
+                     f"{', '.join(format(s['gain'], '+.3f') for s in sums)} | "
+                     f"d{s0['trained_max']}: {fmt([s.get('scaling', float('nan')) for s in sums], '+.3f')} |")
+    return lines + _audit_section(first)
+
+
+def _corpus(run: dict):
+    from huginn_db.config import RunConfig, from_dict
+    from huginn_db.data.reasoning import ReasoningCorpus
+
+    cfg = from_dict(RunConfig, run["cfg"])
+    return ReasoningCorpus(cfg.data.reasoning, cfg.seed)
+
+
+def _chance(run: dict) -> float:
+    corpus = _corpus(run)
+    return statistics.mean(corpus.family.chance(d) for d in corpus.cfg.test_difficulties)
+
+
+def _audit_section(run: dict, examples: int = 2000) -> list[str]:
+    from huginn_db.data.audit import MARGIN, audit, format_audit
+
+    rows = audit(_corpus(run), examples)
+    verdict = ("every trivial predictor stays within chance + 5 points" if all(r["pass"] for r in rows) else
+               "**some trivial predictor beats chance by more than 5 points: the scores above may measure a shortcut**")
+    return ["", "### Shortcut audit (the dumbest predictors on the same test distribution)", "",
+            f"Best of {len(rows[0]['scores'])} trivial predictors (fixed positions from either end, majority answer, "
+            f"first/last constant, bag-of-symbols majority and naive Bayes, the last statement's value) on {examples} "
+            f"test-stream problems per difficulty; pass = within chance + {MARGIN:.2f}: {verdict}.", "",
+            format_audit(rows)]
+
+
+# --- the whole report ---------------------------------------------------------------------------
+
+def write_report(runs: list[Path], out: Path) -> Path:
+    data = [load_run(Path(r)) for r in runs]
+    out.mkdir(parents=True, exist_ok=True)
+    by_obj = {o: [d for d in data if d["objective"] == o] for o in OBJECTIVES}
+    # equal step counts: step-matched; otherwise the steps were set from a FLOP budget
+    mode = "step" if len({d["train"][-1]["step"] for d in data if d["train"]}) == 1 else "compute"
+    lines = [f"# DiffusionBlocks vs truncated BPTT ({mode}-matched)", ""]
+    lines += ["## Training cost", "",
+              "| | steps | tokens | train FLOPs | FLOPs/step | wall time (s) | s/step (median) | tokens/s | peak mem (MiB) | final loss |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for o, ds in by_obj.items():
+        if not ds:
+            continue
+        last = [d["train"][-1] for d in ds]
+        s_step = [statistics.median(r["seconds"] for r in d["train"][min(2, len(d["train"]) - 1):]) for d in ds]
+        lines.append("| " + " | ".join([
+            SHORT[o], fmt([r["step"] for r in last], ".0f"), fmt([r["tokens"] for r in last], ".0f"),
+            fmt([r.get("flops", float("nan")) for r in last], ".3e"),
+            fmt([r.get("flops", float("nan")) / r["step"] for r in last], ".3e"),
+            fmt([r["elapsed"] for r in last], ".1f"), fmt(s_step, ".3f"),
+            fmt([r["tokens"] / r["elapsed"] for r in last], ".0f"),
+            fmt([r.get("peak_memory_bytes", float("nan")) / 2**20 for r in last], ".0f"),
+            fmt([r["loss"] for r in last], ".4f")]) + " |")
+    if all(by_obj.values()):
+        f = {o: statistics.mean(d["train"][-1].get("flops", float("nan")) for d in ds) for o, ds in by_obj.items()}
+        lines += ["", f"Training FLOPs BPTT/DB: **{f['bptt'] / f['diffusion_blocks']:.2f}×**."]
+    lines += _depth_section(data, by_obj)
+
+    Ks = sorted({K for d in data for K in d["scores"]}, key=int)
+    other = sorted({t for d in data for K in d["scores"] for t in d["scores"][K] if not _DEPTH_TASK.fullmatch(t)})
+    if Ks and other:
+        lines += ["", "## Benchmark scores (lm-eval)", "",
+                  "Depth K = loop iterations at test time (r for BPTT, Euler steps over K σ-bands for DB). "
+                  "Generation tasks use the K-step loop for both; DB log-likelihoods are the "
+                  "denoiser's context-only (σ_max) prediction.", "",
+                  "| task | metric | K | DB | BPTT |", "|---|---|---|---|---|"]
+        for t in other:
+            for K in Ks:
+                cells, metric = [], None
+                for o in OBJECTIVES:
+                    hms = [hm for d in by_obj[o] if (hm := headline_metric(d["scores"].get(K, {}).get(t, {})))]
+                    metric = metric or (hms[0][0] if hms else None)
+                    cells.append(fmt([v for _, v in hms]))
+                if metric:
+                    lines.append(f"| {t} | {metric} | {K} | {cells[0]} | {cells[1]} |")
+    plots = _plots(data, by_obj, out)
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    lines += ["", "Runs: " + ", ".join(f"`{d['run']}`" for d in data), ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    return report
+
+
+def _plots(data, by_obj, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        paths.append(out / name)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for o, ds in by_obj.items():
+        for i, d in enumerate(ds):
+            ax.plot([r["flops"] for r in d["train"]], [r["loss"] for r in d["train"]], color=COLORS[o],
+                    alpha=0.8, label=SHORT[o] if i == 0 else None)
+    ax.set(yscale="log", title="Loss vs training compute", xlabel="training FLOPs (analytic)", ylabel="training loss")
+    ax.legend()
+    save(fig, "loss_vs_flops.png")
+
+    with_depth = [d for d in data if depth_matrix(d)]
+    if not with_depth:
+        return paths
+    r = with_depth[0]["cfg"]["data"]["reasoning"]
+    boundary, chance = max(r["train_difficulties"]) + 0.5, _chance(with_depth[0])
+    objs = [o for o, ds in by_obj.items() if any(depth_matrix(d) for d in ds)]
+
+    def mean_cell(ds, k, K):
+        vals = [v for d in ds if (v := depth_matrix(d).get(k, {}).get(K)) is not None]
+        return statistics.mean(vals) if vals else float("nan")
+
+    # accuracy per difficulty, one curve per K, per objective
+    fig, axes = plt.subplots(1, len(objs), figsize=(5.5 * len(objs), 4), squeeze=False)
+    for ax, o in zip(axes[0], objs):
+        ds = by_obj[o]
+        diffs = sorted({k for d in ds for k in depth_matrix(d)})
+        Ks = sorted({K for d in ds for row in depth_matrix(d).values() for K in row})
+        cmap = plt.get_cmap("viridis")
+        for i, K in enumerate(Ks):
+            ax.plot(diffs, [mean_cell(ds, k, K) for k in diffs], marker="o", color=cmap(i / max(1, len(Ks) - 1)),
+                    label=f"K={K}")
+        ax.axhline(chance, color="gray", ls="--", lw=1, label="chance")
+        ax.axvline(boundary, color="black", ls=":", lw=1, label="training boundary")
+        ax.set(ylim=(0, 1), title=f"{SHORT[o]}: accuracy per difficulty ({r['family']})", xlabel="difficulty",
+               ylabel="exact match")
+        ax.legend(fontsize=8)
+    save(fig, "depth_per_difficulty.png")
+
+    # test-time scaling at the largest trained and the first unseen difficulty
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for o in objs:
+        ds = by_obj[o]
+        s = depth_summary(ds[0])
+        Ks = sorted({K for d in ds for row in depth_matrix(d).values() for K in row})
+        for k, style in ((s["trained_max"], ":"), (s.get("unseen"), "-")):
+            if k is not None:
+                ax.plot(Ks, [mean_cell(ds, k, K) for K in Ks], style, marker="o", color=COLORS[o],
+                        label=f"{SHORT[o]} d{k}{' (trained)' if k == s['trained_max'] else ' (unseen)'}")
+    ax.axhline(chance, color="gray", ls="--", lw=1, label="chance")
+    ax.set(xscale="log", ylim=(0, 1), title="Test-time scaling", xlabel="test-time iterations K", ylabel="exact match")
+    ax.set_xscale("log", base=2)
+    ax.legend(fontsize=8)
+    save(fig, "test_time_scaling.png")
+    return paths
+
+
+def print_report(report: Path) -> None:
+    print(report.read_text().split("## Plots")[0])

@@ -1,0 +1,61 @@
+"""The report's depth benchmark section, from hand-made run directories (no training)."""
+import json
+import re
+
+import pytest
+import yaml
+
+from huginn_db.config import RunConfig, to_dict
+from huginn_db.report import depth_matrix, depth_summary, write_report
+
+
+def _run(root, objective: str, seed: int, acc: dict, family: str = "modsum", trained=(1, 2, 3)):
+    """A run directory as compare leaves it; acc: {difficulty: {K: exact match}}."""
+    run = root / f"{objective}-seed{seed}"
+    (run / "eval").mkdir(parents=True)
+    cfg = RunConfig(seed=seed)
+    cfg.objective.name = objective
+    cfg.data.reasoning.family = family
+    cfg.data.reasoning.train_difficulties = list(trained)
+    cfg.data.reasoning.test_difficulties = sorted(acc)
+    (run / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    rows = [{"step": s, "loss": 2.0 / s, "tokens": 100 * s, "flops": 1e9 * s * (3 if objective == "bptt" else 1),
+             "seconds": 0.1, "elapsed": 0.1 * s, "peak_memory_bytes": 2**20} for s in (10, 20)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scores = {str(K): {f"reasoning_{family}_d{d}": {"exact_match,none": row[K], "exact_match_stderr,none": 0.01}
+                       for d, row in acc.items()} for K in next(iter(acc.values()))}
+    (run / "eval" / "lm_eval.json").write_text(json.dumps({"tasks": [], "scores": scores}))
+    return run
+
+
+def _acc(base: float, slope: float) -> dict:
+    """Accuracy that falls with difficulty and, for slope > 0, rises with K."""
+    return {d: {K: min(1.0, max(0.0, base - 0.1 * d + slope * K)) for K in (1, 2, 4, 16)} for d in (1, 2, 3, 4, 5)}
+
+
+def test_depth_matrix_and_gain(tmp_path):
+    run = {"scores": json.loads(_run(tmp_path, "bptt", 0, _acc(0.5, 0.02)).joinpath("eval/lm_eval.json").read_text())["scores"],
+           "cfg": {"data": {"reasoning": {"train_difficulties": [1, 2, 3]}}}}
+    mat = depth_matrix(run)
+    assert sorted(mat) == [1, 2, 3, 4, 5] and sorted(mat[4]) == [1, 2, 4, 16]
+    s = depth_summary(run)
+    assert s["unseen"] == 4 and (s["k_lo"], s["k_hi"]) == (1, 16)
+    assert s["gain"] == pytest.approx(mat[4][16] - mat[4][1]) and s["gain"] == pytest.approx(0.3)
+    assert s["scaling"] == pytest.approx(mat[3][16] - mat[3][1])
+
+
+def test_report_shows_matrices_gain_per_seed_and_the_audit(tmp_path):
+    runs = [_run(tmp_path, "bptt", s, _acc(0.5 + 0.01 * s, 0.02)) for s in (0, 1, 2)]
+    runs += [_run(tmp_path, "diffusion_blocks", s, _acc(0.6, 0.0)) for s in (0, 1, 2)]
+    text = write_report(runs, tmp_path).read_text()
+    assert "## Depth benchmark: `modsum` family" in text
+    # a difficulty × K matrix per objective, trained rows marked, mean ± std over the 3 seeds
+    assert "**BPTT** (3 seeds)" in text and "**DB** (3 seeds)" in text
+    assert re.search(r"\| d3 ‡ \| [\d.]+ ± [\d.]+ \|", text) and re.search(r"\| d4 \| ", text)
+    row = re.search(r"\| BPTT \| d4 \| 1 → 16 \| (.*?) \|\n", text).group(1).split(" | ")
+    assert row[2] == "**+0.300 ± 0.000**" and row[3] == "+0.300, +0.300, +0.300"
+    db = re.search(r"\| DB \| d4 \| 1 → 16 \| (.*?) \|\n", text).group(1).split(" | ")
+    assert db[2] == "**+0.000 ± 0.000**"
+    assert "### Shortcut audit" in text and "| d5 | 2000 | 0.200 |" in text and "FAIL" not in text
+    for png in ("depth_per_difficulty.png", "test_time_scaling.png", "loss_vs_flops.png"):
+        assert (tmp_path / png).stat().st_size > 1000 and png in text

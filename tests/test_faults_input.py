@@ -195,6 +195,41 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path, prior_run, world_of_one, c
     refused(capsys, _text(prior_run, tmp_path / "none.model", data), prior_run, "tokenizer model not found")
 
 
+REASONING_FAULTS = {
+    "unknown_family": (["data.reasoning.family=sudoku"], "data.reasoning.family must be one of chain|modsum|cups|perm|jsonl"),
+    "modulus_not_prime": (["data.reasoning.family=chain", "data.reasoning.chain.modulus=6"], "chain.modulus must be a prime"),
+    "too_deep_for_the_letters": (["data.reasoning.family=chain", "data.reasoning.test_difficulties=[1,15]"],
+                                 "more than the 26 letters"),
+    "negative_prompt_weight": (["data.reasoning.prompt_loss_weight=-1"], "prompt_loss_weight >= 0"),
+    "jsonl_without_files": (["data.reasoning.family=jsonl"], "data.reasoning.jsonl.train is not set"),
+}
+
+
+@pytest.mark.parametrize("fault", REASONING_FAULTS)
+def test_reasoning_config_fault_is_refused(fault, prior_run, capsys):
+    overrides, message = REASONING_FAULTS[fault]
+    refused(capsys, demo(prior_run, *overrides), prior_run, message)
+
+
+JSONL_FAULTS = {
+    "not_json": ("{prompt", "train.jsonl:2: not a JSON object"),
+    "missing_field": ('{"prompt": "1+1=", "answer": "2"}', "train.jsonl:2: missing field 'difficulty'"),
+    "bad_difficulty": ('{"prompt": "1+1=", "answer": "2", "difficulty": "hard"}', "train.jsonl:2: difficulty must be"),
+    "missing_difficulty": (None, "has no problems of difficulty 2"),
+}
+
+
+@pytest.mark.parametrize("fault", JSONL_FAULTS)
+def test_own_task_file_fault_is_refused(fault, tmp_path, prior_run, capsys):
+    line, message = JSONL_FAULTS[fault]
+    good = json.dumps({"prompt": "1+2=", "answer": "3", "difficulty": 1})
+    (tmp_path / "train.jsonl").write_text(good + "\n" + (line if line is not None else good) + "\n")
+    (tmp_path / "test.jsonl").write_text(good + "\n")
+    refused(capsys, demo(prior_run, "data.reasoning.family=jsonl", f"data.reasoning.jsonl.train={tmp_path / 'train.jsonl'}",
+                         f"data.reasoning.jsonl.test={tmp_path / 'test.jsonl'}", "data.reasoning.test_difficulties=[1]",
+                         f"data.reasoning.train_difficulties={[1, 2] if line is None else [1]}"), prior_run, message)
+
+
 # --- 6. evaluation input -----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -52,9 +52,13 @@ def steps_for_budget(recipe: str, overrides: list[str], budget: float | None) ->
 def compare(recipe: str, mode: str, seeds: list[int], num_steps: list[int], tasks: list[str] | None,
             limit: int | None, out: Path, overrides: list[str], budget: float | None = None) -> Path:
     base = load_config(recipe, overrides)
-    from huginn_db.lm_eval import default_tasks
+    from huginn_db.lm_eval import default_tasks, task_manager
 
     tasks = tasks or default_tasks(base)
+    try:  # an unknown task fails here, not after the first training run
+        task_manager(tasks)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     steps = {obj: base.train.max_steps for obj in OBJECTIVES}
     if mode == "compute":
         steps, budget = steps_for_budget(recipe, overrides, budget)

@@ -78,7 +78,7 @@ def default_data_root() -> Path:
     return Path(os.environ.get("HUGINN_DB_DATA") or REPO.parent / "shared" / "data").resolve()
 
 
-REASONING_MAX_DIFFICULTY = 12  # reasoning_<family>_d1 … _d12
+REASONING_MAX_DIFFICULTY = 16  # reasoning_<family>_d1 … _d16
 REASONING_GROUP = range(1, 9)  # reasoning_<family>: d1–d8
 
 
@@ -394,6 +394,24 @@ class HuginnLM(TemplateLM):
 
 # --- entry points -----------------------------------------------------------------------------
 
+def task_manager(tasks: list[str], data_root: str | Path | None = None, metadata: dict | None = None):
+    """lm-eval's TaskManager over the local tasks (lm-eval's own tree only when a task needs
+    it); ValueError naming the first unknown task, which lm-eval would only log and skip."""
+    from lm_eval.tasks import TaskManager
+
+    include = str(task_dir(data_root))
+    local = TaskManager(include_path=include, include_defaults=False, metadata=metadata)
+    manager = local if all(t in local.all_tasks for t in tasks) else TaskManager(include_path=include, metadata=metadata)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], manager.all_tasks, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ValueError(f"unknown task '{unknown[0]}'{hint}; `python -m huginn_db.lm_eval ls tasks` lists them")
+    return manager
+
+
 def evaluate(checkpoint: str | Path, tasks: list[str], num_steps_list: list[int], limit: int | float | None = None,
              data_root: str | Path | None = None, model_args: dict | None = None, **lm_eval_kwargs) -> dict:
     """{K: lm_eval.simple_evaluate results} for each test-time depth K, loading the model once.
@@ -403,20 +421,9 @@ def evaluate(checkpoint: str | Path, tasks: list[str], num_steps_list: list[int]
     tree is not indexed (seconds saved per call).
     """
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
-    include = str(task_dir(data_root))
     # as lm-eval's CLI does with model_args: the reasoning tasks read the checkpoint's recipe
-    meta = {"checkpoint": str(checkpoint)}
-    local = TaskManager(include_path=include, include_defaults=False, metadata=meta)
-    manager = local if all(t in local.all_tasks for t in tasks) else TaskManager(include_path=include, metadata=meta)
-    unknown = [t for t in tasks if t not in manager.all_tasks]
-    if unknown:  # lm-eval would only log it and evaluate the rest
-        import difflib
-
-        close = difflib.get_close_matches(unknown[0], manager.all_tasks, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ValueError(f"unknown task '{unknown[0]}'{hint}; `lm-eval ls tasks --include_path eval/tasks` lists them")
+    manager = task_manager(tasks, data_root, {"checkpoint": str(checkpoint)})
     lm = HuginnLM(str(checkpoint), **(model_args or {}))
     results = {}
     for K in num_steps_list:

@@ -251,16 +251,18 @@ def _plots(data, by_obj, out: Path) -> list[Path]:
         ax.legend(fontsize=8)
     save(fig, "depth_per_difficulty.png")
 
-    # test-time scaling at the largest trained and the first unseen difficulty
+    # test-time scaling at the largest trained, the first unseen and the hardest difficulty
     fig, ax = plt.subplots(figsize=(6, 4))
     for o in objs:
         ds = by_obj[o]
         s = depth_summary(ds[0])
         Ks = sorted({K for d in ds for row in depth_matrix(d).values() for K in row})
-        for k, style in ((s["trained_max"], ":"), (s.get("unseen"), "-")):
+        hardest = max(depth_matrix(ds[0]))
+        lines = {s["trained_max"]: (":", "trained"), s.get("unseen"): ("-", "first unseen"), hardest: ("--", "hardest")}
+        for k, (style, what) in lines.items():
             if k is not None:
                 ax.plot(Ks, [mean_cell(ds, k, K) for K in Ks], style, marker="o", color=COLORS[o],
-                        label=f"{SHORT[o]} d{k}{' (trained)' if k == s['trained_max'] else ' (unseen)'}")
+                        label=f"{SHORT[o]} d{k} ({what})")
     ax.axhline(chance, color="gray", ls="--", lw=1, label="chance")
     ax.set(xscale="log", ylim=(0, 1), title="Test-time scaling", xlabel="test-time iterations K", ylabel="exact match")
     ax.set_xscale("log", base=2)

@@ -285,3 +285,15 @@ def test_db_checkpoint_given_an_unknown_sampler(exports, capsys):
 
 def test_eval_of_a_directory_that_is_not_a_run(tmp_path, capsys):
     _eval(capsys, [str(tmp_path)], tmp_path, "is not a run or export directory")
+
+
+def test_compare_refuses_an_unknown_task_before_training(tmp_path, capsys):
+    from huginn_db.compare import main_compare
+
+    out = tmp_path / "cmp"
+    assert main_compare([str(RECIPES / "demo-db.yaml"), "--tasks", "reasoning_cups_d99", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task 'reasoning_cups_d99'" in err and not out.exists()
+    # the recipe's own benchmark beyond the generated difficulties is refused the same way
+    assert main_compare([str(RECIPES / "demo-db.yaml"), "--out", str(out), "data.reasoning.test_difficulties=[1,17]"]) == 2
+    assert "unknown task 'reasoning_cups_d17'" in capsys.readouterr().err and not out.exists()

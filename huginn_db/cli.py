@@ -21,7 +21,7 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def _demo(overrides: list[str]) -> int:
-    """The main job: DB vs BPTT on the embedded corpus, step-matched, scored by lm-eval."""
+    """The main job: DB vs BPTT on the depth benchmark (cups), step-matched, scored by lm-eval."""
     from huginn_db.compare import main_compare
 
     return main_compare([str(RECIPES / "demo-db.yaml"), "--num-steps", "1,2,4,8,16", "--limit", "100", *overrides])

@@ -17,7 +17,7 @@ from huginn_db.model import ModelConfig, RecurrentDepthLM
 from huginn_db.objectives import generate
 from huginn_db.tokenizer import SentencePieceTokenizer, train_sentencepiece
 
-LOCAL_TASKS = ["reasoning_chain", "tinystories_local", "wikitext2_local", "lm1b_local", "arc_easy_local",
+LOCAL_TASKS = ["reasoning_chain", "reasoning_modsum", "reasoning_cups", "reasoning_perm", "tinystories_local", "wikitext2_local", "lm1b_local", "arc_easy_local",
                "arc_challenge_local", "hellaswag_local", "piqa_local", "winogrande_local", "openbookqa_local",
                "lambada_openai_local", "gsm8k_local"]
 FAST = dict(bootstrap_iters=0, log_samples=False)
@@ -227,10 +227,10 @@ def test_every_local_task_runs_offline(runs, data_root, monkeypatch):
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     res = hl.evaluate(runs["db_text"], LOCAL_TASKS, [2], limit=2, data_root=data_root, **FAST)[2]["results"]
-    for task in LOCAL_TASKS[1:] + [f"reasoning_chain_d{d}" for d in range(1, 9)]:
+    for task in LOCAL_TASKS[4:] + [f"reasoning_{f}_d{d}" for f in ("chain", "modsum", "cups", "perm") for d in range(1, 9)]:
         metrics = {k: v for k, v in res[task].items() if "," in k and "stderr" not in k}
         assert metrics and all(math.isfinite(v) for v in metrics.values()), (task, res[task])
-    assert res["reasoning_chain"]["sample_len"] == 16  # 8 difficulties x limit 2
+    assert all(res[f"reasoning_{f}"]["sample_len"] == 16 for f in ("chain", "modsum", "cups", "perm"))  # 8 × limit 2
 
 
 def test_reasoning_tasks_score_the_distribution_the_checkpoint_trained_on(runs, tmp_path):
@@ -256,6 +256,27 @@ def test_reasoning_tasks_score_the_distribution_the_checkpoint_trained_on(runs, 
     assert docs["reasoning_chain_d2"] != ReasoningCorpus(ReasoningConfig(test_difficulties=[2], test_examples=4), 0).test_set()
     assert docs["reasoning_modsum_d3"] == ReasoningCorpus(ReasoningConfig(family="modsum", test_difficulties=[3],
                                                                           test_examples=4), 0).test_set()
+
+
+def test_own_task_files_become_lm_eval_tasks(runs, tmp_path):
+    """A jsonl run's reasoning_jsonl_d<k> tasks are its test file's problems of difficulty k."""
+    import json as _json
+
+    rows = [{"prompt": f"{a}+{b}=", "answer": str((a + b) % 10), "difficulty": 1 + (a + b) % 2}
+            for a in range(10) for b in range(3)]
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "own"
+    run.mkdir()
+    cfg = yaml.safe_load((runs["bptt"] / "config.yaml").read_text())
+    cfg["data"]["reasoning"].update(family="jsonl", train_difficulties=[1, 2], test_difficulties=[1, 2],
+                                    jsonl={"train": str(tmp_path / "train.jsonl"), "test": str(tmp_path / "test.jsonl")})
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    for name in ("model.safetensors", "tokenizer.json"):
+        (run / name).write_bytes((runs["bptt"] / name).read_bytes())
+    out = hl.evaluate(run, ["reasoning_jsonl_d2"], [1], limit=5, **dict(FAST, log_samples=True))[1]
+    docs = [s["doc"] for s in out["samples"]["reasoning_jsonl_d2"]]
+    assert docs == [{"difficulty": 2, **{k: r[k] for k in ("prompt", "answer")}} for r in rows if r["difficulty"] == 2][:5]
 
 
 def test_num_steps_sweep(runs, monkeypatch):

@@ -1,1 +1,1 @@
-"""Training data: the embedded reasoning corpus (default) and text corpora through `datasets`."""
+"""Training data: the depth benchmark's reasoning families (default) and text corpora through `datasets`."""

@@ -49,13 +49,22 @@ class CupsFamily(GeneratedFamily):
     def max_length(self, difficulty: int) -> int:
         return 2 * self.cfg.random_start + difficulty + 1 + 1 + 1
 
-    def sample(self, rng: np.random.Generator, difficulty: int) -> tuple[str, str]:
-        start = int(rng.integers(1, self.cfg.cups + 1)) if self.cfg.random_start else 1
-        letters = list(self.moves)
-        word = [letters[i] for i in rng.integers(len(letters), size=difficulty + 1)]
+    def _play(self, start: int, word: str) -> int:
         ball = start
         for m in word:
             i, j = self.moves[m]
             ball = j if ball == i else i if ball == j else ball
+        return ball
+
+    def last_statement_value(self, prompt: str) -> str:
+        """Where the last swap alone sends the ball from its start (a recency shortcut)."""
+        start, word = prompt[:-1].split(":") if ":" in prompt else ("1", prompt[:-1])
+        return str(self._play(int(start), word[-1]))
+
+    def sample(self, rng: np.random.Generator, difficulty: int) -> tuple[str, str]:
+        start = int(rng.integers(1, self.cfg.cups + 1)) if self.cfg.random_start else 1
+        letters = list(self.moves)
+        word = [letters[i] for i in rng.integers(len(letters), size=difficulty + 1)]
+        ball = self._play(start, word)
         prefix = f"{start}:" if self.cfg.random_start else ""
         return f"{prefix}{''.join(word)}=", str(ball)

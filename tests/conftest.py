@@ -30,3 +30,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--regen-golden", action="store_true", default=False,
+                     help="rewrite tests/assets/losses/*.txt from this run instead of comparing (also: HUGINN_DB_REGEN_GOLDEN=1)")
+
+
+@pytest.fixture
+def regen_golden(request) -> bool:
+    """Whether golden files are to be rewritten rather than checked (tests/test_golden.py)."""
+    return request.config.getoption("--regen-golden") or os.environ.get("HUGINN_DB_REGEN_GOLDEN", "") not in ("", "0")

@@ -5,6 +5,7 @@ TORCH   ?= torch==2.13.0
 PIP      = $(VENV)/bin/pip
 RUN      = $(VENV)/bin/python
 STAMP    = $(VENV)/.installed
+OPS      = $(VENV)/.deepspeed-ops
 
 .PHONY: install demo test test-fast clean
 
@@ -17,15 +18,23 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -c $(VENV)/constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# DeepSpeed JIT-builds its CPU shm collective op (minutes) in the first process that starts an
+# engine; build it here once so the tests and the demo do not. The script never fails (GPU:
+# skipped), so its stamp is written once per venv; the build itself is cached in
+# ~/.cache/torch_extensions and reloads in seconds.
+$(OPS): $(STAMP) scripts/build_deepspeed_ops.py
+	$(RUN) scripts/build_deepspeed_ops.py
+	touch $(OPS)
 
-demo: $(STAMP)
+install: $(STAMP) $(OPS)
+
+demo: $(OPS)
 	$(VENV)/bin/huginn-db demo
 
-test: $(STAMP)
+test: $(OPS)
 	$(RUN) -m pytest -q tests
 
-test-fast: $(STAMP)
+test-fast: $(OPS)
 	$(RUN) -m pytest -q -m "not slow" tests
 
 clean:

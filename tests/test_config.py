@@ -1,8 +1,15 @@
+import dataclasses
+
 import pytest
 import yaml
 
 from huginn_db.config import ConfigError, load_config
+from huginn_db.configdoc import field_docs
+from huginn_db.model import ModelConfig
 from tests.conftest import RECIPES
+
+# the config dataclasses that document and check their own fields
+SELF_CHECKING = [ModelConfig]
 
 
 def test_recipes_load_and_demo_pair_differs_only_in_objective():
@@ -29,7 +36,7 @@ def test_dotted_overrides_are_typed():
 @pytest.mark.parametrize("override,message", [
     ("train.max_step=3", "unknown key 'train.max_step' (did you mean 'train.max_steps'?)"),
     ("train.max_steps=many", "train.max_steps: expected int"),
-    ("model.hidden=100", "model.hidden=100 must split into model.heads=4"),
+    ("model.hidden=100", "model.hidden=100 must split into heads=4"),
     ("objective.name=adjoint", "objective.name must be bptt|diffusion_blocks"),
     ("objective.diffusion_blocks.sigma_min=100", "sigma_min < sigma_max"),
     ("deepspeed=missing.json", "deepspeed: config file not found"),
@@ -40,3 +47,39 @@ def test_bad_overrides_fail_with_the_key(override, message):
     with pytest.raises(ConfigError) as err:
         load_config(RECIPES / "demo-db.yaml", [override])
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("cls", SELF_CHECKING, ids=lambda c: c.__name__)
+def test_every_field_has_a_docstring_and_the_defaults_pass(cls):
+    docs = field_docs(cls)
+    assert [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)] == []
+    cls()
+
+
+# (class, kwargs, the message's start: the bare field name, so the loader can prefix the section)
+FIELD_FAULTS = [
+    (ModelConfig, {"hidden": 130, "heads": 4}, "hidden=130 must split into heads=4 heads of even size"),
+    (ModelConfig, {"hidden": 96, "heads": 32}, "hidden=96 must split into heads=32 heads of even size"),
+    (ModelConfig, {"heads": 0}, "heads must be >= 1, got 0"),
+    (ModelConfig, {"vocab_size": 1}, "vocab_size must be >= 2, got 1"),
+    (ModelConfig, {"context": 1}, "context must be >= 2, got 1"),
+    (ModelConfig, {"mlp_hidden": 0}, "mlp_hidden must be >= 1"),
+    (ModelConfig, {"prelude_layers": -1}, "prelude_layers must be >= 0"),
+    (ModelConfig, {"core_layers": 0}, "core_layers must be >= 1"),
+    (ModelConfig, {"coda_layers": -1}, "coda_layers must be >= 0"),
+    (ModelConfig, {"init_recurrence": 0}, "init_recurrence must be >= 1"),
+    (ModelConfig, {"rope_base": 0.0}, "rope_base must be > 0"),
+    (ModelConfig, {"norm_eps": -1e-6}, "norm_eps must be >= 0"),
+    (ModelConfig, {"sigma_embed_dim": 127}, "sigma_embed_dim must be even and >= 2"),
+    (ModelConfig, {"attention": "flash"}, "attention must be auto|sdpa|xformers, got 'flash'"),
+    (ModelConfig, {"loss_chunk": -1}, "loss_chunk must be >= 0 (0: full logits), got -1"),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs,message", FIELD_FAULTS,
+                         ids=[f"{c.__name__}-{'-'.join(map(str, kw.items()))}" for c, kw, _ in FIELD_FAULTS])
+def test_field_check_names_the_bare_field(cls, kwargs, message):
+    with pytest.raises(ValueError) as err:
+        cls(**kwargs)
+    text = str(err.value)
+    assert text.startswith(message) and "\n" not in text

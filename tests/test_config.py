@@ -5,11 +5,12 @@ import yaml
 
 from huginn_db.config import ConfigError, load_config
 from huginn_db.configdoc import field_docs
+from huginn_db.data.families import FAMILIES, ChainConfig, CupsConfig, ModSumConfig
 from huginn_db.model import ModelConfig
 from tests.conftest import RECIPES
 
 # the config dataclasses that document and check their own fields
-SELF_CHECKING = [ModelConfig]
+SELF_CHECKING = [ModelConfig, *(family.config for family in FAMILIES.values())]
 
 
 def test_recipes_load_and_demo_pair_differs_only_in_objective():
@@ -73,6 +74,17 @@ FIELD_FAULTS = [
     (ModelConfig, {"sigma_embed_dim": 127}, "sigma_embed_dim must be even and >= 2"),
     (ModelConfig, {"attention": "flash"}, "attention must be auto|sdpa|xformers, got 'flash'"),
     (ModelConfig, {"loss_chunk": -1}, "loss_chunk must be >= 0 (0: full logits), got -1"),
+    (ChainConfig, {"modulus": 6}, "modulus must be a prime below 10"),
+    (ChainConfig, {"modulus": 11}, "modulus must be a prime below 10"),
+    (ChainConfig, {"ops": ""}, "ops must be a non-empty subset of '+-*='"),
+    (ChainConfig, {"ops": "+/"}, "ops must be a non-empty subset of '+-*=', got '+/'"),
+    (ChainConfig, {"ops": "*", "modulus": 2}, "ops='*' needs modulus > 2"),
+    (ChainConfig, {"chains": 0}, "chains must be >= 1, got 0"),
+    (ChainConfig, {"distractors": -1}, "distractors must be >= 0, got -1"),
+    (CupsConfig, {"cups": 1}, "cups must be 2..7"),
+    (CupsConfig, {"cups": 8}, "cups must be 2..7"),
+    (ModSumConfig, {"modulus": 1}, "modulus must be 2..10"),
+    (ModSumConfig, {"modulus": 11}, "modulus must be 2..10"),
 ]
 
 

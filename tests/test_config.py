@@ -6,11 +6,12 @@ import yaml
 from huginn_db.config import ConfigError, load_config
 from huginn_db.configdoc import field_docs
 from huginn_db.data.families import FAMILIES, ChainConfig, CupsConfig, ModSumConfig
+from huginn_db.data.reasoning import ReasoningConfig
 from huginn_db.model import ModelConfig
 from tests.conftest import RECIPES
 
 # the config dataclasses that document and check their own fields
-SELF_CHECKING = [ModelConfig, *(family.config for family in FAMILIES.values())]
+SELF_CHECKING = [ModelConfig, ReasoningConfig, *(family.config for family in FAMILIES.values())]
 
 
 def test_recipes_load_and_demo_pair_differs_only_in_objective():
@@ -85,6 +86,16 @@ FIELD_FAULTS = [
     (CupsConfig, {"cups": 8}, "cups must be 2..7"),
     (ModSumConfig, {"modulus": 1}, "modulus must be 2..10"),
     (ModSumConfig, {"modulus": 11}, "modulus must be 2..10"),
+    (ReasoningConfig, {"family": "sudoku"}, "family must be one of chain|modsum|cups|perm|jsonl, got 'sudoku'"),
+    (ReasoningConfig, {"train_difficulties": []}, "train_difficulties must be a non-empty list of integers >= 0"),
+    (ReasoningConfig, {"train_difficulties": [-1, 2]}, "train_difficulties must be a non-empty list of integers >= 0"),
+    (ReasoningConfig, {"test_difficulties": []}, "test_difficulties must be a non-empty list of integers >= 1"),
+    (ReasoningConfig, {"test_difficulties": [0, 1]}, "test_difficulties must be a non-empty list of integers >= 1, "
+                                                     "got [0, 1] (difficulty 0"),
+    (ReasoningConfig, {"test_examples": 0}, "test_examples must be >= 1, got 0"),
+    (ReasoningConfig, {"test_seed": -1}, "test_seed must be >= 0, got -1"),
+    (ReasoningConfig, {"prompt_loss_weight": -0.5}, "prompt_loss_weight must be >= 0, got -0.5"),
+    (ReasoningConfig, {"prompt_loss_weight": float("nan")}, "prompt_loss_weight must be >= 0, got nan"),
 ]
 
 
@@ -95,3 +106,10 @@ def test_field_check_names_the_bare_field(cls, kwargs, message):
         cls(**kwargs)
     text = str(err.value)
     assert text.startswith(message) and "\n" not in text
+
+
+def test_family_check_follows_the_registry(monkeypatch):
+    from huginn_db.data import families
+
+    monkeypatch.setitem(families.FAMILIES, "sudoku", families.FAMILIES["perm"])
+    assert ReasoningConfig(family="sudoku").family == "sudoku"  # checked against the registry, not a fixed list

@@ -200,7 +200,7 @@ REASONING_FAULTS = {
     "modulus_not_prime": (["data.reasoning.family=chain", "data.reasoning.chain.modulus=6"], "chain.modulus must be a prime"),
     "too_deep_for_the_letters": (["data.reasoning.family=chain", "data.reasoning.test_difficulties=[1,15]"],
                                  "more than the 26 letters"),
-    "negative_prompt_weight": (["data.reasoning.prompt_loss_weight=-1"], "prompt_loss_weight >= 0"),
+    "negative_prompt_weight": (["data.reasoning.prompt_loss_weight=-1"], "prompt_loss_weight must be >= 0"),
     "jsonl_without_files": (["data.reasoning.family=jsonl"], "data.reasoning.jsonl.train is not set"),
 }
 

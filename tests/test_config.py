@@ -7,11 +7,12 @@ from huginn_db.config import ConfigError, load_config
 from huginn_db.configdoc import field_docs
 from huginn_db.data.families import FAMILIES, ChainConfig, CupsConfig, ModSumConfig
 from huginn_db.data.reasoning import ReasoningConfig
+from huginn_db.data.text import TextConfig
 from huginn_db.model import ModelConfig
 from tests.conftest import RECIPES
 
 # the config dataclasses that document and check their own fields
-SELF_CHECKING = [ModelConfig, ReasoningConfig, *(family.config for family in FAMILIES.values())]
+SELF_CHECKING = [ModelConfig, ReasoningConfig, TextConfig, *(family.config for family in FAMILIES.values())]
 
 
 def test_recipes_load_and_demo_pair_differs_only_in_objective():
@@ -96,7 +97,18 @@ FIELD_FAULTS = [
     (ReasoningConfig, {"test_seed": -1}, "test_seed must be >= 0, got -1"),
     (ReasoningConfig, {"prompt_loss_weight": -0.5}, "prompt_loss_weight must be >= 0, got -0.5"),
     (ReasoningConfig, {"prompt_loss_weight": float("nan")}, "prompt_loss_weight must be >= 0, got nan"),
+    (TextConfig, {"files": ["a.txt"], "dataset": "roneneldan/TinyStories"}, "files and dataset are both set"),
+    (TextConfig, {"format": "csv"}, "format must be auto|text|json|parquet, got 'csv'"),
+    (TextConfig, {"seq_len": 0}, "seq_len must be >= 1, got 0"),
+    (TextConfig, {"val_fraction": 1.0}, "val_fraction must be in [0, 1), got 1.0"),
+    (TextConfig, {"val_fraction": -0.1}, "val_fraction must be in [0, 1)"),
+    (TextConfig, {"streaming": True, "val_docs": 0}, "val_docs must be >= 1 when streaming, got 0"),
+    (TextConfig, {"streaming": True, "shuffle_buffer": 0}, "shuffle_buffer must be >= 1 when streaming, got 0"),
 ]
+
+
+def test_streaming_only_fields_are_free_in_memory():
+    TextConfig(val_docs=0, shuffle_buffer=0)  # unused without streaming, as before
 
 
 @pytest.mark.parametrize("cls,kwargs,message", FIELD_FAULTS,

@@ -1,8 +1,18 @@
+import dataclasses
+
 import pytest
 import yaml
 
 from huginn_db.config import ConfigError, load_config
+from huginn_db.configdoc import field_docs
+from huginn_db.data.families import FAMILIES, ChainConfig, CupsConfig, ModSumConfig
+from huginn_db.data.reasoning import ReasoningConfig
+from huginn_db.data.text import TextConfig
+from huginn_db.model import ModelConfig
 from tests.conftest import RECIPES
+
+# the config dataclasses that document and check their own fields
+SELF_CHECKING = [ModelConfig, ReasoningConfig, TextConfig, *(family.config for family in FAMILIES.values())]
 
 
 def test_recipes_load_and_demo_pair_differs_only_in_objective():
@@ -29,7 +39,7 @@ def test_dotted_overrides_are_typed():
 @pytest.mark.parametrize("override,message", [
     ("train.max_step=3", "unknown key 'train.max_step' (did you mean 'train.max_steps'?)"),
     ("train.max_steps=many", "train.max_steps: expected int"),
-    ("model.hidden=100", "model.hidden=100 must split into model.heads=4"),
+    ("model.hidden=100", "model.hidden=100 must split into heads=4"),
     ("objective.name=adjoint", "objective.name must be bptt|diffusion_blocks"),
     ("objective.diffusion_blocks.sigma_min=100", "sigma_min < sigma_max"),
     ("deepspeed=missing.json", "deepspeed: config file not found"),
@@ -40,3 +50,78 @@ def test_bad_overrides_fail_with_the_key(override, message):
     with pytest.raises(ConfigError) as err:
         load_config(RECIPES / "demo-db.yaml", [override])
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("cls", SELF_CHECKING, ids=lambda c: c.__name__)
+def test_every_field_has_a_docstring_and_the_defaults_pass(cls):
+    docs = field_docs(cls)
+    assert [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)] == []
+    cls()
+
+
+# (class, kwargs, the message's start: the bare field name, so the loader can prefix the section)
+FIELD_FAULTS = [
+    (ModelConfig, {"hidden": 130, "heads": 4}, "hidden=130 must split into heads=4 heads of even size"),
+    (ModelConfig, {"hidden": 96, "heads": 32}, "hidden=96 must split into heads=32 heads of even size"),
+    (ModelConfig, {"heads": 0}, "heads must be >= 1, got 0"),
+    (ModelConfig, {"vocab_size": 1}, "vocab_size must be >= 2, got 1"),
+    (ModelConfig, {"context": 1}, "context must be >= 2, got 1"),
+    (ModelConfig, {"mlp_hidden": 0}, "mlp_hidden must be >= 1"),
+    (ModelConfig, {"prelude_layers": -1}, "prelude_layers must be >= 0"),
+    (ModelConfig, {"core_layers": 0}, "core_layers must be >= 1"),
+    (ModelConfig, {"coda_layers": -1}, "coda_layers must be >= 0"),
+    (ModelConfig, {"init_recurrence": 0}, "init_recurrence must be >= 1"),
+    (ModelConfig, {"rope_base": 0.0}, "rope_base must be > 0"),
+    (ModelConfig, {"norm_eps": -1e-6}, "norm_eps must be >= 0"),
+    (ModelConfig, {"sigma_embed_dim": 127}, "sigma_embed_dim must be even and >= 2"),
+    (ModelConfig, {"attention": "flash"}, "attention must be auto|sdpa|xformers, got 'flash'"),
+    (ModelConfig, {"loss_chunk": -1}, "loss_chunk must be >= 0 (0: full logits), got -1"),
+    (ChainConfig, {"modulus": 6}, "modulus must be a prime below 10"),
+    (ChainConfig, {"modulus": 11}, "modulus must be a prime below 10"),
+    (ChainConfig, {"ops": ""}, "ops must be a non-empty subset of '+-*='"),
+    (ChainConfig, {"ops": "+/"}, "ops must be a non-empty subset of '+-*=', got '+/'"),
+    (ChainConfig, {"ops": "*", "modulus": 2}, "ops='*' needs modulus > 2"),
+    (ChainConfig, {"chains": 0}, "chains must be >= 1, got 0"),
+    (ChainConfig, {"distractors": -1}, "distractors must be >= 0, got -1"),
+    (CupsConfig, {"cups": 1}, "cups must be 2..7"),
+    (CupsConfig, {"cups": 8}, "cups must be 2..7"),
+    (ModSumConfig, {"modulus": 1}, "modulus must be 2..10"),
+    (ModSumConfig, {"modulus": 11}, "modulus must be 2..10"),
+    (ReasoningConfig, {"family": "sudoku"}, "family must be one of chain|modsum|cups|perm|jsonl, got 'sudoku'"),
+    (ReasoningConfig, {"train_difficulties": []}, "train_difficulties must be a non-empty list of integers >= 0"),
+    (ReasoningConfig, {"train_difficulties": [-1, 2]}, "train_difficulties must be a non-empty list of integers >= 0"),
+    (ReasoningConfig, {"test_difficulties": []}, "test_difficulties must be a non-empty list of integers >= 1"),
+    (ReasoningConfig, {"test_difficulties": [0, 1]}, "test_difficulties must be a non-empty list of integers >= 1, "
+                                                     "got [0, 1] (difficulty 0"),
+    (ReasoningConfig, {"test_examples": 0}, "test_examples must be >= 1, got 0"),
+    (ReasoningConfig, {"test_seed": -1}, "test_seed must be >= 0, got -1"),
+    (ReasoningConfig, {"prompt_loss_weight": -0.5}, "prompt_loss_weight must be >= 0, got -0.5"),
+    (ReasoningConfig, {"prompt_loss_weight": float("nan")}, "prompt_loss_weight must be >= 0, got nan"),
+    (TextConfig, {"files": ["a.txt"], "dataset": "roneneldan/TinyStories"}, "files and dataset are both set"),
+    (TextConfig, {"format": "csv"}, "format must be auto|text|json|parquet, got 'csv'"),
+    (TextConfig, {"seq_len": 0}, "seq_len must be >= 1, got 0"),
+    (TextConfig, {"val_fraction": 1.0}, "val_fraction must be in [0, 1), got 1.0"),
+    (TextConfig, {"val_fraction": -0.1}, "val_fraction must be in [0, 1)"),
+    (TextConfig, {"streaming": True, "val_docs": 0}, "val_docs must be >= 1 when streaming, got 0"),
+    (TextConfig, {"streaming": True, "shuffle_buffer": 0}, "shuffle_buffer must be >= 1 when streaming, got 0"),
+]
+
+
+def test_streaming_only_fields_are_free_in_memory():
+    TextConfig(val_docs=0, shuffle_buffer=0)  # unused without streaming, as before
+
+
+@pytest.mark.parametrize("cls,kwargs,message", FIELD_FAULTS,
+                         ids=[f"{c.__name__}-{'-'.join(map(str, kw.items()))}" for c, kw, _ in FIELD_FAULTS])
+def test_field_check_names_the_bare_field(cls, kwargs, message):
+    with pytest.raises(ValueError) as err:
+        cls(**kwargs)
+    text = str(err.value)
+    assert text.startswith(message) and "\n" not in text
+
+
+def test_family_check_follows_the_registry(monkeypatch):
+    from huginn_db.data import families
+
+    monkeypatch.setitem(families.FAMILIES, "sudoku", families.FAMILIES["perm"])
+    assert ReasoningConfig(family="sudoku").family == "sudoku"  # checked against the registry, not a fixed list

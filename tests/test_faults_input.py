@@ -81,7 +81,7 @@ CONFIG_FAULTS = {
     "unknown_section_key": (["model.hiden=64"], "did you mean 'model.hidden'?"),
     "wrong_type": (["train.lr=fast"], "train.lr: expected float, got 'fast'"),
     "wrong_type_list": (["eval.num_steps=4"], "eval.num_steps: expected a list"),
-    "heads_do_not_divide_hidden": (["model.hidden=100", "model.heads=8"], "model.hidden=100 must split into model.heads=8"),
+    "heads_do_not_divide_hidden": (["model.hidden=100", "model.heads=8"], "model.hidden=100 must split into heads=8"),
     "k_above_mean_recurrence": (["objective.bptt.backprop_depth=40"], "backprop_depth=40 exceeds mean_recurrence=8"),
     "sigma_min_above_sigma_max": (["objective.diffusion_blocks.sigma_min=100"], "need 0 < sigma_min < sigma_max"),
     "no_bands": (["objective.diffusion_blocks.num_bands=0"], "num_bands must be >= 1"),
@@ -200,7 +200,7 @@ REASONING_FAULTS = {
     "modulus_not_prime": (["data.reasoning.family=chain", "data.reasoning.chain.modulus=6"], "chain.modulus must be a prime"),
     "too_deep_for_the_letters": (["data.reasoning.family=chain", "data.reasoning.test_difficulties=[1,15]"],
                                  "more than the 26 letters"),
-    "negative_prompt_weight": (["data.reasoning.prompt_loss_weight=-1"], "prompt_loss_weight >= 0"),
+    "negative_prompt_weight": (["data.reasoning.prompt_loss_weight=-1"], "prompt_loss_weight must be >= 0"),
     "jsonl_without_files": (["data.reasoning.family=jsonl"], "data.reasoning.jsonl.train is not set"),
 }
 

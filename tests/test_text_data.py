@@ -199,7 +199,7 @@ def test_corpus_too_small_for_one_batch_and_bad_config(tmp_path):
         TextCorpus(TextConfig(), seed=0)
     with pytest.raises(ValueError, match="data.text.tokenizer: unknown tokenizer .gpt2."):
         _corpus(files=[str(tmp_path / "d.jsonl")], tokenizer="gpt2")
-    with pytest.raises(ValueError, match="data.text.format must be"):
+    with pytest.raises(ValueError, match=r"format must be auto\|text\|json\|parquet, got .csv."):
         TextCorpus(TextConfig(files=["x"], format="csv"), seed=0)
 
 

@@ -66,35 +66,55 @@ class CharTokenizer:
 
 @dataclass
 class ReasoningConfig:
-    family: str = "chain"  # chain | modsum | cups | perm | jsonl (huginn_db.data.families)
+    """data.reasoning: the embedded, generated benchmark (one task family per run)."""
+
+    family: str = "chain"
+    """Task family, a name in huginn_db.data.families.FAMILIES: chain | modsum | cups | perm | jsonl."""
     train_difficulties: list[int] = field(default_factory=lambda: [1, 2, 3])
+    """Difficulties the training stream draws from uniformly; 0 (a read-off) is allowed as a warm-up."""
     test_difficulties: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6])
-    test_examples: int = 200  # per difficulty (jsonl: at most this many of the test file's)
-    test_seed: int = 0  # the test problems' seed stream, independent of the run seed
-    # loss = (mean CE over answer + EOS + w · mean CE over prompt tokens) / (1 + w)
+    """Difficulties scored at evaluation, >= 1; harder than trained ones test depth extrapolation."""
+    test_examples: int = 200
+    """Test problems per difficulty (jsonl: at most this many of the test file's)."""
+    test_seed: int = 0
+    """The test problems' seed stream, independent of the run seed."""
     prompt_loss_weight: float = 0.0
+    """w in loss = (mean CE over answer + EOS + w · mean CE over prompt tokens) / (1 + w)."""
     chain: ChainConfig = field(default_factory=ChainConfig)
+    """The chain family's settings (used when family=chain)."""
     modsum: ModSumConfig = field(default_factory=ModSumConfig)
+    """The modsum family's settings (used when family=modsum)."""
     cups: CupsConfig = field(default_factory=CupsConfig)
+    """The cups family's settings (used when family=cups)."""
     perm: PermConfig = field(default_factory=PermConfig)
+    """The perm family's settings (used when family=perm)."""
     jsonl: JsonlConfig = field(default_factory=JsonlConfig)
+    """The own-task files (used when family=jsonl)."""
+
+    def __post_init__(self):
+        # messages name the bare field; the recipe loader prefixes the section ("data.reasoning.")
+        if self.family not in FAMILIES:  # the registry, not a fixed list: families may be added
+            raise ValueError(f"family must be one of {'|'.join(FAMILIES)}, got {self.family!r}")
+        for key, low in (("train_difficulties", 0), ("test_difficulties", 1)):
+            ds = getattr(self, key)
+            if not ds or min(ds) < low:
+                raise ValueError(f"{key} must be a non-empty list of integers >= {low}, got {ds}"
+                                 + (" (difficulty 0, no composition at all, is a training warm-up: it fails the "
+                                    "shortcut audit by construction)" if low else ""))
+        if self.test_examples < 1:
+            raise ValueError(f"test_examples must be >= 1, got {self.test_examples}")
+        if self.test_seed < 0:  # numpy seeds are non-negative
+            raise ValueError(f"test_seed must be >= 0, got {self.test_seed}")
+        if not self.prompt_loss_weight >= 0:
+            raise ValueError(f"prompt_loss_weight must be >= 0, got {self.prompt_loss_weight}")
 
     def family_config(self):
         return getattr(self, self.family)
 
 
 def build_family(cfg: ReasoningConfig):
-    """The configured family, its difficulties checked (ValueError names the key)."""
-    if cfg.family not in FAMILIES:
-        raise ValueError(f"data.reasoning.family must be one of {'|'.join(FAMILIES)}, got {cfg.family!r}")
-    for key, low in (("train_difficulties", 0), ("test_difficulties", 1)):
-        ds = getattr(cfg, key)
-        if not ds or min(ds) < low:
-            raise ValueError(f"data.reasoning.{key} must be a non-empty list of integers >= {low}, got {ds}"
-                             + (" (difficulty 0, no composition at all, is a training warm-up: it fails the shortcut "
-                                "audit by construction)" if low else ""))
-    if cfg.test_examples < 1 or cfg.prompt_loss_weight < 0:
-        raise ValueError("data.reasoning: test_examples must be >= 1 and prompt_loss_weight >= 0")
+    """The configured family, its difficulties checked against what it can make (ValueError names
+    the key; ReasoningConfig has checked its own fields)."""
     family = FAMILIES[cfg.family](cfg.family_config())
     if cfg.family == "jsonl":
         family.check(cfg.train_difficulties, "train")

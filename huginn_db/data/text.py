@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,27 +40,62 @@ import torch
 
 from huginn_db.tokenizer import load_tokenizer
 
-FORMATS = ("text", "json", "parquet")
+# TextConfig.format's choices; the field stays `str` until the recipe loader's type check
+# accepts Literal, and __post_init__ checks it against these meanwhile
+TextFormat = typing.Literal["auto", "text", "json", "parquet"]
+FORMATS = typing.get_args(TextFormat)[1:]  # the datasets builders; "auto" picks one by extension
 EXTENSION_FORMATS = {".txt": "text", ".tokens": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")  # datasets decompresses these transparently
 
 
 @dataclass
 class TextConfig:
-    files: list[str] = field(default_factory=list)  # local files; relative to data_root, else the CWD
-    data_root: str | None = None  # None: $HUGINN_DB_DATA if set
-    dataset: str | None = None  # hub dataset name, passed to load_dataset as-is (instead of files)
+    """data.text: a text corpus from local files or a hub dataset (exactly one of the two)."""
+
+    files: list[str] = field(default_factory=list)
+    """Local files; relative to data_root, else the CWD."""
+    data_root: str | None = None
+    """Directory the relative files are under (None: $HUGINN_DB_DATA if set)."""
+    dataset: str | None = None
+    """Hub dataset name, passed to load_dataset as-is (instead of files)."""
     dataset_config: str | None = None
-    split: str = "train"  # hub split; a local file is a split of its own
-    format: str = "auto"  # auto (by extension) | text | json | parquet
-    text_field: str = "text"  # json/parquet/hub column; plain text always has "text"
+    """The hub dataset's configuration name (load_dataset's `name`)."""
+    split: str = "train"
+    """Hub split; a local file is a split of its own."""
+    format: str = "auto"
+    """auto (by extension) | text | json | parquet."""
+    text_field: str = "text"
+    """json/parquet/hub column; plain text always has "text"."""
     streaming: bool = False
+    """Read documents from an IterableDataset and pack on the fly (corpora too large for memory)."""
     seq_len: int = 256
-    val_fraction: float = 0.01  # of documents, at least one (in memory)
-    val_docs: int = 100  # leading documents held out (streaming)
-    shuffle_buffer: int = 10_000  # documents (streaming)
-    tokenizer: str = "reasoning"  # see huginn_db.tokenizer.load_tokenizer
-    blank_line_docs: bool = True  # plain text: blank lines separate documents
+    """Tokens per training window (inputs; each window holds seq_len + 1)."""
+    val_fraction: float = 0.01
+    """Share of documents held out for validation, at least one (in memory)."""
+    val_docs: int = 100
+    """Leading documents held out (streaming)."""
+    shuffle_buffer: int = 10_000
+    """Documents in the shuffle buffer (streaming)."""
+    tokenizer: str = "reasoning"
+    """See huginn_db.tokenizer.load_tokenizer."""
+    blank_line_docs: bool = True
+    """Plain text: blank lines separate documents (else every non-empty line is one)."""
+
+    def __post_init__(self):
+        # messages name the bare field; the recipe loader prefixes the section ("data.text.")
+        # Neither files nor dataset is the default (a reasoning run): TextCorpus refuses that.
+        if self.files and self.dataset:
+            raise ValueError(f"files and dataset are both set (dataset={self.dataset!r}); set exactly one: "
+                             f"local files or a hub dataset")
+        if self.format not in typing.get_args(TextFormat):
+            raise ValueError(f"format must be {'|'.join(typing.get_args(TextFormat))}, got {self.format!r}")
+        if self.seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1, got {self.seq_len}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        for key in ("val_docs", "shuffle_buffer"):  # used by streaming only
+            if self.streaming and getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1 when streaming, got {getattr(self, key)}")
 
 
 @dataclass
@@ -121,16 +157,9 @@ class TextCorpus:
 
     def _check_config(self) -> None:
         cfg = self.cfg
+        # TextConfig checks its fields; that a source is set is due only when the corpus is built
         if bool(cfg.files) == bool(cfg.dataset):
             raise ValueError("data.text: set exactly one of files (local) or dataset (hub)")
-        if cfg.format not in ("auto", *FORMATS):
-            raise ValueError(f"data.text.format must be auto|text|json|parquet, got {cfg.format!r}")
-        if cfg.seq_len < 1:
-            raise ValueError(f"data.text.seq_len must be >= 1, got {cfg.seq_len}")
-        if not 0 <= cfg.val_fraction < 1:
-            raise ValueError(f"data.text.val_fraction must be in [0, 1), got {cfg.val_fraction}")
-        if cfg.streaming and (cfg.val_docs < 1 or cfg.shuffle_buffer < 1):
-            raise ValueError("data.text.val_docs and data.text.shuffle_buffer must be >= 1")
 
     def _resolve_sources(self) -> list[_Source]:
         cfg = self.cfg

@@ -27,10 +27,28 @@ NAMES = "abcdefghijklmnopqrstuvwxyz"
 
 @dataclass
 class ChainConfig:
-    modulus: int = 5  # p, a prime: values live in Z_p
-    ops: str = "+-"  # from "+-*=": +/- by 1..p-1, * by 2..p-1, = copies (the copy-only mode is a shortcut)
-    chains: int = 2  # interleaved chains, each with its own root; the query follows the first
-    distractors: int = 2  # extra statements derived from a random variable of any chain
+    """data.reasoning.chain: interleaved assignment chains over Z_p."""
+
+    modulus: int = 5
+    """p, a prime below 10: values live in Z_p, one digit each."""
+    ops: str = "+-"
+    """Operations drawn from "+-*=": +/- by 1..p-1, * by 2..p-1, = copies (the copy-only mode is a shortcut)."""
+    chains: int = 2
+    """Interleaved chains, each with its own root; the query follows the first."""
+    distractors: int = 2
+    """Extra statements derived from a random variable of any chain."""
+
+    def __post_init__(self):
+        if not _is_prime(self.modulus) or self.modulus > 10:
+            raise ValueError(f"modulus must be a prime below 10 (one digit per value), got {self.modulus}")
+        if not self.ops or set(self.ops) - set("+-*="):
+            raise ValueError(f"ops must be a non-empty subset of '+-*=', got {self.ops!r}")
+        if self.ops == "*" and self.modulus == 2:
+            raise ValueError("ops='*' needs modulus > 2 (mod 2 has no multiplier besides 1)")
+        if self.chains < 1:
+            raise ValueError(f"chains must be >= 1, got {self.chains}")
+        if self.distractors < 0:
+            raise ValueError(f"distractors must be >= 0, got {self.distractors}")
 
 
 def _is_prime(n: int) -> bool:
@@ -40,17 +58,6 @@ def _is_prime(n: int) -> bool:
 class ChainFamily(GeneratedFamily):
     name = "chain"
     config = ChainConfig
-
-    def __init__(self, cfg: ChainConfig):
-        super().__init__(cfg)
-        if not _is_prime(cfg.modulus) or cfg.modulus > 10:
-            raise ValueError(f"data.reasoning.chain.modulus must be a prime below 10 (one digit per value), got {cfg.modulus}")
-        if not cfg.ops or set(cfg.ops) - set("+-*="):
-            raise ValueError(f"data.reasoning.chain.ops must be a non-empty subset of '+-*=', got {cfg.ops!r}")
-        if cfg.ops == "*" and cfg.modulus == 2:
-            raise ValueError("data.reasoning.chain.ops='*' needs modulus > 2 (mod 2 has no multiplier besides 1)")
-        if cfg.chains < 1 or cfg.distractors < 0:
-            raise ValueError("data.reasoning.chain: chains must be >= 1 and distractors >= 0")
 
     def check(self, difficulties: list[int]) -> None:
         need = self.cfg.chains * (max(difficulties) + 1) + self.cfg.distractors

@@ -26,8 +26,16 @@ from huginn_db.data.families.base import GeneratedFamily
 
 @dataclass
 class CupsConfig:
-    cups: int = 3  # cups in the row; one move letter per pair of cups (3 cups: a 1↔2, b 1↔3, c 2↔3)
-    random_start: bool = False  # the ball starts under a random cup, written first ("2:"); else cup 1
+    """data.reasoning.cups: the shell game."""
+
+    cups: int = 3
+    """Cups in the row, 2..7; one move letter per pair of cups (3 cups: a 1↔2, b 1↔3, c 2↔3)."""
+    random_start: bool = False
+    """The ball starts under a random cup, written first ("2:"); else cup 1."""
+
+    def __post_init__(self):
+        if not 2 <= self.cups <= 7:
+            raise ValueError(f"cups must be 2..7 (one digit per cup, a letter per pair), got {self.cups}")
 
 
 class CupsFamily(GeneratedFamily):
@@ -36,8 +44,6 @@ class CupsFamily(GeneratedFamily):
 
     def __init__(self, cfg: CupsConfig):
         super().__init__(cfg)
-        if not 2 <= cfg.cups <= 7:
-            raise ValueError(f"data.reasoning.cups.cups must be 2..7 (one digit per cup, a letter per pair), got {cfg.cups}")
         self.moves = {chr(ord("a") + k): pair for k, pair in enumerate(itertools.combinations(range(1, cfg.cups + 1), 2))}
 
     def chance(self, difficulty: int) -> float:

@@ -19,8 +19,12 @@ import numpy as np
 
 @dataclass
 class JsonlConfig:
-    train: str = ""  # path of the training problems (.jsonl); relative paths: recipe dir, then CWD
-    test: str = ""  # path of the test problems (.jsonl)
+    """data.reasoning.jsonl: a user's own task files (read, and checked, when the family is built)."""
+
+    train: str = ""
+    """Path of the training problems (.jsonl); relative paths: recipe dir, then CWD."""
+    test: str = ""
+    """Path of the test problems (.jsonl); relative paths as for train."""
 
 
 def read_problems(path: str, key: str) -> dict[int, list[tuple[str, str]]]:

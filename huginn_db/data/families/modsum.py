@@ -18,17 +18,19 @@ from huginn_db.data.families.base import GeneratedFamily
 
 @dataclass
 class ModSumConfig:
-    modulus: int = 5  # p: operands and answer are digits 0..p-1 (2: prefix-sum parity)
+    """data.reasoning.modsum: d+1 digits summed mod p."""
+
+    modulus: int = 5
+    """p, 2..10: operands and answer are digits 0..p-1 (2: prefix-sum parity)."""
+
+    def __post_init__(self):
+        if not 2 <= self.modulus <= 10:
+            raise ValueError(f"modulus must be 2..10 (one digit per value), got {self.modulus}")
 
 
 class ModSumFamily(GeneratedFamily):
     name = "modsum"
     config = ModSumConfig
-
-    def __init__(self, cfg: ModSumConfig):
-        super().__init__(cfg)
-        if not 2 <= cfg.modulus <= 10:
-            raise ValueError(f"data.reasoning.modsum.modulus must be 2..10 (one digit per value), got {cfg.modulus}")
 
     def chance(self, difficulty: int) -> float:
         return 1.0 / self.cfg.modulus

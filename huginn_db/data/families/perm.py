@@ -28,7 +28,7 @@ def compose(first: tuple, then: tuple) -> tuple:
 
 @dataclass
 class PermConfig:
-    pass  # S3 only; no knobs yet
+    """data.reasoning.perm: S3 only; no knobs yet."""
 
 
 class PermFamily(GeneratedFamily):

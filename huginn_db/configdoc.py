@@ -1,0 +1,48 @@
+"""Attribute docstrings of config dataclasses, read from their source (stdlib only, no torch).
+
+A field is documented by a string literal on the line after it:
+
+    @dataclass
+    class ModelConfig:
+        hidden: int = 512
+        \"\"\"Residual width h.\"\"\"
+
+Python keeps no such string at run time, so `field_docs` parses the class body with `ast`.
+"""
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+
+__all__ = ["field_docs"]
+
+
+def _own_docs(cls: type) -> dict[str, str]:
+    """{field: doc} of the annotated assignments written in `cls`'s own body."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):  # a builtin, or a class made at run time: nothing to read
+        return {}
+    tree = ast.parse(textwrap.dedent(source))
+    node = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls.__name__), None)
+    if node is None:
+        return {}
+    docs = {}
+    for stmt, after in zip(node.body, node.body[1:]):
+        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)):
+            docs[stmt.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """{field name: attribute docstring} of `cls`, inherited fields included (a subclass's doc
+    replaces its base's). Undocumented fields are absent, so `set(names) - field_docs(cls).keys()`
+    lists them."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is not object:
+            docs.update(_own_docs(klass))
+    return docs

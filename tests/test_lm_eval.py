@@ -1,7 +1,9 @@
 """The lm-eval model `huginn_db` and the local tasks, on tiny randomly initialised exports."""
 import math
+import os
 import random
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -288,3 +290,98 @@ def test_num_steps_sweep(runs, monkeypatch):
     out = hl.evaluate(runs["bptt"], ["reasoning_chain_d1", "reasoning_chain_d2"], [1, 2], limit=2, **FAST)
     assert sorted(out) == [1, 2] and used == {1, 2}
     assert all(out[K]["results"]["reasoning_chain_d2"]["sample_len"] == 2 for K in out)
+
+
+# --- the local standard tasks against stock lm-eval -------------------------------------------
+
+@pytest.fixture(scope="module")
+def task_utils():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("local_task_utils", hl.TASKS_SRC / "utils.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+STANDARD = ["arc_easy_local", "arc_challenge_local", "hellaswag_local", "piqa_local", "winogrande_local",
+            "openbookqa_local", "gsm8k_local", "wikitext2_local"]
+
+
+@pytest.fixture(scope="module")
+def standard_tasks():
+    root = Path(os.environ.get("HUGINN_DB_DATA", hl.REPO.parent / "shared" / "data"))
+    if not root.is_dir():
+        pytest.skip(f"shared data not found at {root} (set HUGINN_DB_DATA)")
+    return hl.task_manager(STANDARD, root).load(STANDARD)["tasks"]
+
+
+def _klosax_field(text: str) -> str:
+    """One field as extract_hellaswag.cpp writes it into the local dump (shared/data/README.md):
+    the 4 markers dropped, double spaces collapsed once, one outer space stripped."""
+    for marker in ("[header]", "[step]", "[substeps]"):
+        text = text.replace(marker, "")
+    text = text.replace(" [title]", ". ").replace("[title] ", "").replace("[title].", "").replace("  ", " ")
+    return text[1:] if text.startswith(" ") else text
+
+
+def _klosax_dump(records: list[dict]) -> str:
+    lines = []
+    for r in records:
+        ctx = r["ctx_a"] + " " + r["ctx_b"] if r["ctx_b"] else r["ctx_a"]  # the original file's ctx
+        lines += [_klosax_field(r["activity_label"]) + ": " + _klosax_field(ctx).rstrip(" "), str(r["label"])]
+        lines += [_klosax_field(e).rstrip(" ") for e in r["endings"]]
+    return "\n".join(lines) + "\n"
+
+
+HELLASWAG_RECORDS = [  # in the original schema, as stock's process_docs reads them
+    {"activity_label": "Roof shingle removal", "ctx_a": "A man is sitting on a roof.", "ctx_b": "he", "label": "3",
+     "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.", "is holding a rubik's cube.",
+                 "starts pulling up roofing on a roof."]},
+    {"activity_label": "Hand car wash", "ctx_a": ".", "ctx_b": "a man in a red shirt and TV gloves", "label": "0",
+     "endings": ["washes the car.", "sits down.", "talks to the camera.", "leaves."]},
+    {"activity_label": "Playing harmonica", "ctx_a": "1 a guy plays. 2 a guy talks about it!", "ctx_b": "3 the guy",
+     "label": "1", "endings": ["plays again.", "stops.", "waves.", "bows."]},
+    {"activity_label": "Family Life", "ctx_b": "", "label": "2",
+     "ctx_a": "[header] How to entertain a toddler [title] Ask the toddler what to do. [step] Visit a site like "
+              "[www.kiddio.org] to find activities.",
+     "endings": ["Try arts and crafts. [substeps] See [find a good attorney | how to find a good attorney].",
+                 "Make sure the kid is old enough.", 'Search for " local events in [insert name of town].',
+                 "Go outside [title] Play in the park [step] Run."]},
+]
+
+
+def test_hellaswag_local_builds_stock_prompts_from_the_dump(task_utils, tmp_path):
+    import datasets
+    from lm_eval.tasks.hellaswag.utils import process_docs
+
+    path = tmp_path / "dump.txt"
+    path.write_text(_klosax_dump(HELLASWAG_RECORDS))
+    ours = task_utils.hellaswag(str(path))["validation"]
+    stock = process_docs(datasets.Dataset.from_list(HELLASWAG_RECORDS))
+    assert ours["query"] == stock["query"]  # ctx_b capitalised (and the rest of it lowercased), [...] dropped
+    assert ours["query"][:2] == ["Roof shingle removal: A man is sitting on a roof. He",
+                                 "Hand car wash: . A man in a red shirt and tv gloves"]
+    assert ours["choices"] == stock["choices"] and ours["label"] == [int(g) for g in stock["gold"]]
+    # not restorable: stock keeps the space a leading marker leaves, the dump strips it
+    lead = {**HELLASWAG_RECORDS[3], "endings": ["[substeps] Try arts and crafts."] + HELLASWAG_RECORDS[3]["endings"][1:]}
+    path.write_text(_klosax_dump([lead]))
+    (ours,) = task_utils.hellaswag(str(path))["validation"]["choices"]
+    (stock,) = process_docs(datasets.Dataset.from_list([lead]))["choices"]
+    assert stock[0] == " " + ours[0] and stock[1:] == ours[1:]
+
+
+def test_hellaswag_local_on_the_shared_dump(standard_tasks):
+    import re as _re
+
+    task = standard_tasks["hellaswag_local"]
+    docs = list(task.eval_docs)
+    assert len(docs) == 10042
+    assert task.doc_to_text(docs[0]) == "Roof shingle removal: A man is sitting on a roof. He"
+    assert docs[1]["query"].endswith("She bends down and grabs the pole. The lady")
+    kiddio = next(d["query"] for d in docs if d["query"].startswith("Family Life: How to entertain a toddler."))
+    assert "Visit a site like to find loads of creative activities" in kiddio  # "[www.kiddio.org]" dropped
+    assert not any(_re.search(r"\[.*?\]", t) for d in docs for t in [d["query"], *d["choices"]])
+    # every ActivityNet context (the 3,243 that end mid-sentence) got its ctx_b capitalised
+    tails = [_re.split(r"(?<=[.!?]) ", d["query"].split(": ", 1)[1])[-1] for d in docs if d["query"][-1] not in ".!?"]
+    assert len(tails) == 3243 and all(not t[0].islower() for t in tails)

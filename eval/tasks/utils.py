@@ -104,11 +104,48 @@ def piqa(docs: str, labels: str, **_) -> dict[str, datasets.Dataset]:
 
 
 def hellaswag(path: str, **_) -> dict[str, datasets.Dataset]:
-    """klosax's 6-lines-per-item text dump: query (activity label: context, markers already
-    stripped, ctx_b not capitalised), gold label, 4 endings."""
+    """klosax's 6-lines-per-item dump of the validation set (activity label: ctx, gold label, 4
+    endings) → lm-eval hellaswag's query/choices, as close to stock's process_docs as the dump
+    allows. The dump joined ctx_a and ctx_b without capitalising ctx_b and stripped only the
+    [header]/[step]/[substeps]/[title] markers; here ctx_b is split off again and capitalised
+    (`_split_ctx`) and what is left in brackets goes through stock's preprocess. What cannot be
+    restored is listed in hellaswag_local.yaml."""
     text = Path(path).read_text(encoding="utf-8").splitlines()
     if len(text) % 6:
         raise ValueError(f"{path}: {len(text)} lines is not 6 per item")
     items = [text[i : i + 6] for i in range(0, len(text), 6)]
     return {"validation": datasets.Dataset.from_list(
-        [{"query": it[0], "label": int(it[1]), "choices": it[2:6]} for it in items])}
+        [{"query": _hellaswag_query(it[0]), "label": int(it[1]), "choices": [_unbracket(e) for e in it[2:6]]}
+         for it in items])}
+
+
+def _hellaswag_query(line: str) -> str:
+    """Stock's query, activity_label + ": " + ctx_a + " " + ctx_b.capitalize(), from the dump's
+    line (no activity label holds ": ")."""
+    label, ctx = line.split(": ", 1)
+    ctx_a, ctx_b = _split_ctx(ctx)
+    return _unbracket(" ".join(p for p in (label + ":", ctx_a, ctx_b.capitalize()) if p))
+
+
+_SENTENCE_END = re.compile(r"[.!?] ")
+
+
+def _split_ctx(ctx: str) -> tuple[str, str]:
+    """(ctx_a, ctx_b), inferred: the dump has no field that marks the split. ctx_b is the
+    unfinished sentence the endings complete, which ActivityNet items have and WikiHow items
+    (their contexts end a sentence) do not; in the dump exactly 3,243 contexts do not end with
+    ".", "!" or "?", the ActivityNet ones. So: a context ending a sentence has ctx_b = "";
+    otherwise ctx_b is what follows the last sentence end."""
+    if ctx.endswith((".", "!", "?")):
+        return ctx, ""
+    cut = max((m.end() for m in _SENTENCE_END.finditer(ctx)), default=0)
+    return ctx[:cut].rstrip(), ctx[cut:]
+
+
+def _unbracket(text: str) -> str:
+    """Stock's preprocess for text that still holds brackets (the dump dropped only the 4
+    markers; stock drops any [...]). Other text is left alone: the dump already did the rest,
+    and a second collapse of double spaces would undo ones stock keeps too."""
+    from lm_eval.tasks.hellaswag.utils import preprocess
+
+    return preprocess(text) if "[" in text else text

@@ -385,3 +385,38 @@ def test_hellaswag_local_on_the_shared_dump(standard_tasks):
     # every ActivityNet context (the 3,243 that end mid-sentence) got its ctx_b capitalised
     tails = [_re.split(r"(?<=[.!?]) ", d["query"].split(": ", 1)[1])[-1] for d in docs if d["query"][-1] not in ".!?"]
     assert len(tails) == 3243 and all(not t[0].islower() for t in tails)
+
+
+def test_arc_challenge_local_keeps_the_original_order(standard_tasks, data_root):
+    import json as _json
+
+    def ids(name):
+        return [_json.loads(line)["id"] for line in (data_root / "arc" / name).read_text().splitlines()]
+
+    got = [d["id"] for d in standard_tasks["arc_challenge_local"].eval_docs]
+    genmc, letters = ids("ARC-Challenge-Test.jsonl"), ids("ARC-Challenge-Test.letter-labels-only.jsonl")
+    assert len(got) == len(set(got)) == 1172 and set(got) == set(genmc) | set(letters)
+    for source in (genmc, letters):  # each file is a subsequence of the original split, in order
+        assert [i for i in got if i in set(source)] == source
+    # the letter-labelled file's neighbours of the 2 extra items are adjacent in GenMC's copy
+    assert got[58:61] == ["TAKS_2009_8_32", "Mercury_412681", "Mercury_400440"]
+    assert got[87:90] == ["ACTAAP_2009_7_8", "MCAS_2006_9_43", "Mercury_7252088"]
+    assert {"Mercury_412681", "MCAS_2006_9_43"} <= set(got[:100])  # so --limit 100 scores them, as stock does
+
+
+def test_arc_merge_puts_items_at_their_places_or_refuses(task_utils):
+    merge = task_utils._merge_in_order
+
+    def docs(s):
+        return [{"id": c} for c in s]
+
+    def order(a, b):
+        return "".join(d["id"] for d in merge(docs(a), docs(b), "b.jsonl"))
+
+    assert order("abde", "bcd") == "abcde" and order("bcd", "abde") == "abcde"
+    assert order("bc", "abcd") == "abcd" and order("", "ab") == "ab"
+    assert merge([{"id": "a", "x": 1}], [{"id": "a", "x": 2}], "b")[0]["x"] == 1  # the first file's copy wins
+    with pytest.raises(ValueError, match="cannot place c"):
+        order("abxd", "abcd")  # x and c share the gap between b and d: their order is unknown
+    with pytest.raises(ValueError, match="another order"):
+        order("abc", "cb")

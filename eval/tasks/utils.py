@@ -79,19 +79,48 @@ def wikitext_articles(data_files: dict, **_) -> dict[str, datasets.Dataset]:
 
 def arc(data_files: dict, **_) -> dict[str, datasets.Dataset]:
     """AI2 ARC jsonl (question.stem, question.choices[].text/label, answerKey) → the HF
-    ai2_arc schema lm-eval's arc YAMLs read. A split may list several files, unioned by id in
-    order (the GenMC Challenge-Test copy lacks 2 items the letter-labelled file supplies)."""
+    ai2_arc schema lm-eval's arc YAMLs read. A split may list several files, each a subset of
+    the original split in its order (the GenMC Challenge-Test copy lacks 2 items the
+    letter-labelled file supplies): `_merge_in_order` puts every item at its original place, so
+    `--limit N` takes the same first N items as stock."""
     def make(paths):
-        docs = {}
+        docs = []
         for path in [paths] if isinstance(paths, str) else paths:
-            for d in _jsonl(path):
-                choices = d["question"]["choices"]
-                docs.setdefault(d["id"], {
-                    "id": d["id"], "question": d["question"]["stem"], "answerKey": d["answerKey"],
-                    "choices": {"text": [c["text"] for c in choices], "label": [c["label"] for c in choices]},
-                })
-        return list(docs.values())
+            docs = _merge_in_order(docs, _jsonl(path), path)
+        return [{"id": d["id"], "question": d["question"]["stem"], "answerKey": d["answerKey"],
+                 "choices": {"text": [c["text"] for c in d["question"]["choices"]],
+                             "label": [c["label"] for c in d["question"]["choices"]]}} for d in docs]
     return _splits(make, data_files)
+
+
+def _merge_in_order(a: list[dict], b: list[dict], name: str) -> list[dict]:
+    """The union by id of two subsequences of one ordered split, in that order; a's copy of a
+    shared item wins. The ids both hold anchor the order: between two consecutive anchors, the
+    items only one file holds go there as that file orders them. ValueError if the files order
+    the shared ids differently, or if both hold items of their own in one gap (their order
+    relative to each other is then unknown)."""
+    in_a, in_b = {d["id"] for d in a}, {d["id"] for d in b}
+    if [d["id"] for d in a if d["id"] in in_b] != [d["id"] for d in b if d["id"] in in_a]:
+        raise ValueError(f"{name}: the items it shares with the files before it are in another order")
+
+    def gaps(docs, other):  # [(items before the next shared id, that shared id or None)]
+        out, run = [], []
+        for d in docs:
+            if d["id"] in other:
+                out.append((run, d))
+                run = []
+            else:
+                run.append(d)
+        return out + [(run, None)]
+
+    merged = []
+    for (only_a, shared), (only_b, _) in zip(gaps(a, in_b), gaps(b, in_a)):
+        if only_a and only_b:
+            raise ValueError(f"{name}: cannot place {only_b[0]['id']}: the files before it hold other items "
+                             f"({only_a[0]['id']}, ...) in the same gap"
+                             + (f" before {shared['id']}" if shared else " at the end"))
+        merged += only_a + only_b + ([shared] if shared else [])
+    return merged
 
 
 def piqa(docs: str, labels: str, **_) -> dict[str, datasets.Dataset]:

@@ -420,3 +420,32 @@ def test_arc_merge_puts_items_at_their_places_or_refuses(task_utils):
         order("abxd", "abcd")  # x and c share the gap between b and d: their order is unknown
     with pytest.raises(ValueError, match="another order"):
         order("abc", "cb")
+
+
+# (split the few-shot examples come from, is it the scored split); stock uses train for all
+FEWSHOT = {"gsm8k_local": ("train", False), "arc_easy_local": ("validation", False),
+           "arc_challenge_local": ("validation", False), "hellaswag_local": ("validation", True),
+           "piqa_local": ("validation", True), "winogrande_local": ("validation", True),
+           "openbookqa_local": ("test", True)}
+
+
+@pytest.mark.parametrize("name", FEWSHOT)
+def test_fewshot_examples_come_from_the_split_stock_uses_where_there_is_one(standard_tasks, name):
+    task = standard_tasks[name]
+    split, scored = FEWSHOT[name]
+    pool = list(task.fewshot_docs())
+    assert pool == list(task.dataset[split])
+    assert (pool == list(task.eval_docs)) == scored
+    if scored:  # lm-eval leaves the scored item out of its own examples only when the splits match
+        assert task.fewshot_cfg.split == task.config.test_split
+
+
+@pytest.mark.parametrize("name", ["openbookqa_local", "hellaswag_local"])
+def test_a_scored_item_is_never_its_own_fewshot_example(standard_tasks, name):
+    task = standard_tasks[name]
+    doc = next(iter(task.eval_docs))
+    answer = task.doc_to_choice(doc)[task.doc_to_target(doc)]
+    example = task.doc_to_text(doc) + task.config.target_delimiter + answer
+    others = len(list(task.fewshot_docs())) - 1
+    shots = task.fewshot_context(doc=doc, num_fewshot=others)[: -len(task.doc_to_text(doc))]  # every other item, shuffled
+    assert example not in shots and shots.count(task.config.fewshot_delimiter) == others

@@ -449,3 +449,14 @@ def test_a_scored_item_is_never_its_own_fewshot_example(standard_tasks, name):
     others = len(list(task.fewshot_docs())) - 1
     shots = task.fewshot_context(doc=doc, num_fewshot=others)[: -len(task.doc_to_text(doc))]  # every other item, shuffled
     assert example not in shots and shots.count(task.config.fewshot_delimiter) == others
+
+
+def test_caveats_travel_with_the_results(standard_tasks):
+    from huginn_db.report import task_caveats
+
+    caveats = task_caveats()
+    assert "not comparable to lm-eval wikitext" in caveats["wikitext2_local"]
+    assert "approximates stock hellaswag" in caveats["hellaswag_local"]
+    assert "arc_challenge_local" not in caveats and "gsm8k_local" not in caveats
+    configs = {t: task.dump_config() for t, task in standard_tasks.items()}
+    assert hl.result_caveats({"configs": configs}) == {t: c for t, c in caveats.items() if t in STANDARD}

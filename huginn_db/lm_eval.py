@@ -433,6 +433,13 @@ def evaluate(checkpoint: str | Path, tasks: list[str], num_steps_list: list[int]
     return results
 
 
+def result_caveats(results: dict) -> dict[str, str]:
+    """{task: caveat} for the scored tasks whose YAML says why their numbers are not stock
+    lm-eval's (metadata.caveat, e.g. wikitext2_local: not comparable to lm-eval's wikitext)."""
+    return {t: cfg["metadata"]["caveat"] for t, cfg in sorted(results.get("configs", {}).items())
+            if isinstance(cfg.get("metadata"), dict) and cfg["metadata"].get("caveat")}
+
+
 def main_eval(argv: list[str]) -> int:
     """`huginn-db eval RUN_OR_CKPT [--tasks T,..] [--num-steps 1,2,4] [lm-eval options]`: a depth
     sweep; writes OUT/lm_eval_K{K}.json (default OUT: RUN/eval) and prints lm-eval's tables."""
@@ -474,6 +481,8 @@ def main_eval(argv: list[str]) -> int:
         (out / name).write_text(json.dumps(res, indent=2, default=str))
         print(f"\n== depth {K if K is not None else 'default'} ({out / name})")
         print(make_table(res))
+        for task, caveat in result_caveats(res).items():
+            print(f"note: {task}: {caveat}")
     return 0
 
 

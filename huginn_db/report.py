@@ -19,6 +19,7 @@ OBJECTIVES = ("diffusion_blocks", "bptt")
 SHORT = {"diffusion_blocks": "DB", "bptt": "BPTT"}
 COLORS = {"diffusion_blocks": "tab:blue", "bptt": "tab:orange"}
 _DEPTH_TASK = re.compile(r"reasoning_([a-z0-9]+)_d(\d+)")
+TASKS_SRC = Path(__file__).resolve().parent.parent / "eval" / "tasks"
 
 
 def load_run(run: Path) -> dict:
@@ -40,6 +41,23 @@ def fmt(xs: list[float], spec: str = ".3f") -> str:
     if len(xs) == 1:
         return format(xs[0], spec)
     return f"{format(statistics.mean(xs), spec)} ± {format(statistics.stdev(xs), spec.lstrip('+'))}"
+
+
+def task_caveats() -> dict[str, str]:
+    """{task: metadata.caveat} of the local task YAMLs: why a score is not (quite) stock
+    lm-eval's, e.g. wikitext2_local is not comparable to lm-eval's wikitext at all."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):  # the YAMLs' !function tags do not matter here
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    out = {}
+    for p in sorted(TASKS_SRC.glob("*.yaml")):
+        cfg = yaml.load(p.read_text(encoding="utf-8"), Loader=Loader) or {}
+        if isinstance(cfg.get("metadata"), dict) and cfg["metadata"].get("caveat"):
+            out[cfg["task"]] = cfg["metadata"]["caveat"]
+    return out
 
 
 def headline_metric(task_scores: dict) -> tuple[str, float] | None:
@@ -183,6 +201,7 @@ def write_report(runs: list[Path], out: Path) -> Path:
                   "Generation tasks use the K-step loop for both; DB log-likelihoods are the "
                   "denoiser's context-only (σ_max) prediction.", "",
                   "| task | metric | K | DB | BPTT |", "|---|---|---|---|---|"]
+        caveats = {t: c for t, c in task_caveats().items() if t in other}
         for t in other:
             for K in Ks:
                 cells, metric = [], None
@@ -191,7 +210,9 @@ def write_report(runs: list[Path], out: Path) -> Path:
                     metric = metric or (hms[0][0] if hms else None)
                     cells.append(fmt([v for _, v in hms]))
                 if metric:
-                    lines.append(f"| {t} | {metric} | {K} | {cells[0]} | {cells[1]} |")
+                    lines.append(f"| {t}{' †' if t in caveats else ''} | {metric} | {K} | {cells[0]} | {cells[1]} |")
+        if caveats:
+            lines += ["", "† Not stock lm-eval's score:"] + [f"- `{t}`: {c}." for t, c in caveats.items()]
     plots = _plots(data, by_obj, out)
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     lines += ["", "Runs: " + ", ".join(f"`{d['run']}`" for d in data), ""]

@@ -1,7 +1,9 @@
 """The lm-eval model `huginn_db` and the local tasks, on tiny randomly initialised exports."""
 import math
+import os
 import random
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -288,3 +290,173 @@ def test_num_steps_sweep(runs, monkeypatch):
     out = hl.evaluate(runs["bptt"], ["reasoning_chain_d1", "reasoning_chain_d2"], [1, 2], limit=2, **FAST)
     assert sorted(out) == [1, 2] and used == {1, 2}
     assert all(out[K]["results"]["reasoning_chain_d2"]["sample_len"] == 2 for K in out)
+
+
+# --- the local standard tasks against stock lm-eval -------------------------------------------
+
+@pytest.fixture(scope="module")
+def task_utils():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("local_task_utils", hl.TASKS_SRC / "utils.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+STANDARD = ["arc_easy_local", "arc_challenge_local", "hellaswag_local", "piqa_local", "winogrande_local",
+            "openbookqa_local", "gsm8k_local", "wikitext2_local"]
+
+
+@pytest.fixture(scope="module")
+def standard_tasks():
+    root = Path(os.environ.get("HUGINN_DB_DATA", hl.REPO.parent / "shared" / "data"))
+    if not root.is_dir():
+        pytest.skip(f"shared data not found at {root} (set HUGINN_DB_DATA)")
+    return hl.task_manager(STANDARD, root).load(STANDARD)["tasks"]
+
+
+def _klosax_field(text: str) -> str:
+    """One field as extract_hellaswag.cpp writes it into the local dump (shared/data/README.md):
+    the 4 markers dropped, double spaces collapsed once, one outer space stripped."""
+    for marker in ("[header]", "[step]", "[substeps]"):
+        text = text.replace(marker, "")
+    text = text.replace(" [title]", ". ").replace("[title] ", "").replace("[title].", "").replace("  ", " ")
+    return text[1:] if text.startswith(" ") else text
+
+
+def _klosax_dump(records: list[dict]) -> str:
+    lines = []
+    for r in records:
+        ctx = r["ctx_a"] + " " + r["ctx_b"] if r["ctx_b"] else r["ctx_a"]  # the original file's ctx
+        lines += [_klosax_field(r["activity_label"]) + ": " + _klosax_field(ctx).rstrip(" "), str(r["label"])]
+        lines += [_klosax_field(e).rstrip(" ") for e in r["endings"]]
+    return "\n".join(lines) + "\n"
+
+
+HELLASWAG_RECORDS = [  # in the original schema, as stock's process_docs reads them
+    {"activity_label": "Roof shingle removal", "ctx_a": "A man is sitting on a roof.", "ctx_b": "he", "label": "3",
+     "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.", "is holding a rubik's cube.",
+                 "starts pulling up roofing on a roof."]},
+    {"activity_label": "Hand car wash", "ctx_a": ".", "ctx_b": "a man in a red shirt and TV gloves", "label": "0",
+     "endings": ["washes the car.", "sits down.", "talks to the camera.", "leaves."]},
+    {"activity_label": "Playing harmonica", "ctx_a": "1 a guy plays. 2 a guy talks about it!", "ctx_b": "3 the guy",
+     "label": "1", "endings": ["plays again.", "stops.", "waves.", "bows."]},
+    {"activity_label": "Family Life", "ctx_b": "", "label": "2",
+     "ctx_a": "[header] How to entertain a toddler [title] Ask the toddler what to do. [step] Visit a site like "
+              "[www.kiddio.org] to find activities.",
+     "endings": ["Try arts and crafts. [substeps] See [find a good attorney | how to find a good attorney].",
+                 "Make sure the kid is old enough.", 'Search for " local events in [insert name of town].',
+                 "Go outside [title] Play in the park [step] Run."]},
+]
+
+
+def test_hellaswag_local_builds_stock_prompts_from_the_dump(task_utils, tmp_path):
+    import datasets
+    from lm_eval.tasks.hellaswag.utils import process_docs
+
+    path = tmp_path / "dump.txt"
+    path.write_text(_klosax_dump(HELLASWAG_RECORDS))
+    ours = task_utils.hellaswag(str(path))["validation"]
+    stock = process_docs(datasets.Dataset.from_list(HELLASWAG_RECORDS))
+    assert ours["query"] == stock["query"]  # ctx_b capitalised (and the rest of it lowercased), [...] dropped
+    assert ours["query"][:2] == ["Roof shingle removal: A man is sitting on a roof. He",
+                                 "Hand car wash: . A man in a red shirt and tv gloves"]
+    assert ours["choices"] == stock["choices"] and ours["label"] == [int(g) for g in stock["gold"]]
+    # not restorable: stock keeps the space a leading marker leaves, the dump strips it
+    lead = {**HELLASWAG_RECORDS[3], "endings": ["[substeps] Try arts and crafts."] + HELLASWAG_RECORDS[3]["endings"][1:]}
+    path.write_text(_klosax_dump([lead]))
+    (ours,) = task_utils.hellaswag(str(path))["validation"]["choices"]
+    (stock,) = process_docs(datasets.Dataset.from_list([lead]))["choices"]
+    assert stock[0] == " " + ours[0] and stock[1:] == ours[1:]
+
+
+def test_hellaswag_local_on_the_shared_dump(standard_tasks):
+    import re as _re
+
+    task = standard_tasks["hellaswag_local"]
+    docs = list(task.eval_docs)
+    assert len(docs) == 10042
+    assert task.doc_to_text(docs[0]) == "Roof shingle removal: A man is sitting on a roof. He"
+    assert docs[1]["query"].endswith("She bends down and grabs the pole. The lady")
+    kiddio = next(d["query"] for d in docs if d["query"].startswith("Family Life: How to entertain a toddler."))
+    assert "Visit a site like to find loads of creative activities" in kiddio  # "[www.kiddio.org]" dropped
+    assert not any(_re.search(r"\[.*?\]", t) for d in docs for t in [d["query"], *d["choices"]])
+    # every ActivityNet context (the 3,243 that end mid-sentence) got its ctx_b capitalised
+    tails = [_re.split(r"(?<=[.!?]) ", d["query"].split(": ", 1)[1])[-1] for d in docs if d["query"][-1] not in ".!?"]
+    assert len(tails) == 3243 and all(not t[0].islower() for t in tails)
+
+
+def test_arc_challenge_local_keeps_the_original_order(standard_tasks, data_root):
+    import json as _json
+
+    def ids(name):
+        return [_json.loads(line)["id"] for line in (data_root / "arc" / name).read_text().splitlines()]
+
+    got = [d["id"] for d in standard_tasks["arc_challenge_local"].eval_docs]
+    genmc, letters = ids("ARC-Challenge-Test.jsonl"), ids("ARC-Challenge-Test.letter-labels-only.jsonl")
+    assert len(got) == len(set(got)) == 1172 and set(got) == set(genmc) | set(letters)
+    for source in (genmc, letters):  # each file is a subsequence of the original split, in order
+        assert [i for i in got if i in set(source)] == source
+    # the letter-labelled file's neighbours of the 2 extra items are adjacent in GenMC's copy
+    assert got[58:61] == ["TAKS_2009_8_32", "Mercury_412681", "Mercury_400440"]
+    assert got[87:90] == ["ACTAAP_2009_7_8", "MCAS_2006_9_43", "Mercury_7252088"]
+    assert {"Mercury_412681", "MCAS_2006_9_43"} <= set(got[:100])  # so --limit 100 scores them, as stock does
+
+
+def test_arc_merge_puts_items_at_their_places_or_refuses(task_utils):
+    merge = task_utils._merge_in_order
+
+    def docs(s):
+        return [{"id": c} for c in s]
+
+    def order(a, b):
+        return "".join(d["id"] for d in merge(docs(a), docs(b), "b.jsonl"))
+
+    assert order("abde", "bcd") == "abcde" and order("bcd", "abde") == "abcde"
+    assert order("bc", "abcd") == "abcd" and order("", "ab") == "ab"
+    assert merge([{"id": "a", "x": 1}], [{"id": "a", "x": 2}], "b")[0]["x"] == 1  # the first file's copy wins
+    with pytest.raises(ValueError, match="cannot place c"):
+        order("abxd", "abcd")  # x and c share the gap between b and d: their order is unknown
+    with pytest.raises(ValueError, match="another order"):
+        order("abc", "cb")
+
+
+# (split the few-shot examples come from, is it the scored split); stock uses train for all
+FEWSHOT = {"gsm8k_local": ("train", False), "arc_easy_local": ("validation", False),
+           "arc_challenge_local": ("validation", False), "hellaswag_local": ("validation", True),
+           "piqa_local": ("validation", True), "winogrande_local": ("validation", True),
+           "openbookqa_local": ("test", True)}
+
+
+@pytest.mark.parametrize("name", FEWSHOT)
+def test_fewshot_examples_come_from_the_split_stock_uses_where_there_is_one(standard_tasks, name):
+    task = standard_tasks[name]
+    split, scored = FEWSHOT[name]
+    pool = list(task.fewshot_docs())
+    assert pool == list(task.dataset[split])
+    assert (pool == list(task.eval_docs)) == scored
+    if scored:  # lm-eval leaves the scored item out of its own examples only when the splits match
+        assert task.fewshot_cfg.split == task.config.test_split
+
+
+@pytest.mark.parametrize("name", ["openbookqa_local", "hellaswag_local"])
+def test_a_scored_item_is_never_its_own_fewshot_example(standard_tasks, name):
+    task = standard_tasks[name]
+    doc = next(iter(task.eval_docs))
+    answer = task.doc_to_choice(doc)[task.doc_to_target(doc)]
+    example = task.doc_to_text(doc) + task.config.target_delimiter + answer
+    others = len(list(task.fewshot_docs())) - 1
+    shots = task.fewshot_context(doc=doc, num_fewshot=others)[: -len(task.doc_to_text(doc))]  # every other item, shuffled
+    assert example not in shots and shots.count(task.config.fewshot_delimiter) == others
+
+
+def test_caveats_travel_with_the_results(standard_tasks):
+    from huginn_db.report import task_caveats
+
+    caveats = task_caveats()
+    assert "not comparable to lm-eval wikitext" in caveats["wikitext2_local"]
+    assert "approximates stock hellaswag" in caveats["hellaswag_local"]
+    assert "arc_challenge_local" not in caveats and "gsm8k_local" not in caveats
+    configs = {t: task.dump_config() for t, task in standard_tasks.items()}
+    assert hl.result_caveats({"configs": configs}) == {t: c for t, c in caveats.items() if t in STANDARD}

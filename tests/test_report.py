@@ -59,3 +59,17 @@ def test_report_shows_matrices_gain_per_seed_and_the_audit(tmp_path):
     assert "### Shortcut audit" in text and "| d5 | 2000 | 0.200 |" in text and "FAIL" not in text
     for png in ("depth_per_difficulty.png", "test_time_scaling.png", "loss_vs_flops.png"):
         assert (tmp_path / png).stat().st_size > 1000 and png in text
+
+
+def test_benchmark_table_marks_tasks_whose_scores_are_not_stock(tmp_path):
+    runs = [_run(tmp_path, o, 0, _acc(0.5, 0.0)) for o in ("bptt", "diffusion_blocks")]
+    for run in runs:
+        path = run / "eval" / "lm_eval.json"
+        ev = json.loads(path.read_text())
+        for K in ev["scores"]:
+            ev["scores"][K].update({"wikitext2_local": {"word_perplexity,none": 90.0}, "piqa_local": {"acc,none": 0.6}})
+        path.write_text(json.dumps(ev))
+    text = write_report(runs, tmp_path).read_text()
+    assert "| wikitext2_local † | word_perplexity | 1 |" in text and "| piqa_local | acc | 1 |" in text
+    note = re.search(r"- `wikitext2_local`: (.*)\n", text).group(1)
+    assert "not comparable to lm-eval wikitext" in note and "`piqa_local`" not in text

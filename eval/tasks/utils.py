@@ -79,19 +79,48 @@ def wikitext_articles(data_files: dict, **_) -> dict[str, datasets.Dataset]:
 
 def arc(data_files: dict, **_) -> dict[str, datasets.Dataset]:
     """AI2 ARC jsonl (question.stem, question.choices[].text/label, answerKey) → the HF
-    ai2_arc schema lm-eval's arc YAMLs read. A split may list several files, unioned by id in
-    order (the GenMC Challenge-Test copy lacks 2 items the letter-labelled file supplies)."""
+    ai2_arc schema lm-eval's arc YAMLs read. A split may list several files, each a subset of
+    the original split in its order (the GenMC Challenge-Test copy lacks 2 items the
+    letter-labelled file supplies): `_merge_in_order` puts every item at its original place, so
+    `--limit N` takes the same first N items as stock."""
     def make(paths):
-        docs = {}
+        docs = []
         for path in [paths] if isinstance(paths, str) else paths:
-            for d in _jsonl(path):
-                choices = d["question"]["choices"]
-                docs.setdefault(d["id"], {
-                    "id": d["id"], "question": d["question"]["stem"], "answerKey": d["answerKey"],
-                    "choices": {"text": [c["text"] for c in choices], "label": [c["label"] for c in choices]},
-                })
-        return list(docs.values())
+            docs = _merge_in_order(docs, _jsonl(path), path)
+        return [{"id": d["id"], "question": d["question"]["stem"], "answerKey": d["answerKey"],
+                 "choices": {"text": [c["text"] for c in d["question"]["choices"]],
+                             "label": [c["label"] for c in d["question"]["choices"]]}} for d in docs]
     return _splits(make, data_files)
+
+
+def _merge_in_order(a: list[dict], b: list[dict], name: str) -> list[dict]:
+    """The union by id of two subsequences of one ordered split, in that order; a's copy of a
+    shared item wins. The ids both hold anchor the order: between two consecutive anchors, the
+    items only one file holds go there as that file orders them. ValueError if the files order
+    the shared ids differently, or if both hold items of their own in one gap (their order
+    relative to each other is then unknown)."""
+    in_a, in_b = {d["id"] for d in a}, {d["id"] for d in b}
+    if [d["id"] for d in a if d["id"] in in_b] != [d["id"] for d in b if d["id"] in in_a]:
+        raise ValueError(f"{name}: the items it shares with the files before it are in another order")
+
+    def gaps(docs, other):  # [(items before the next shared id, that shared id or None)]
+        out, run = [], []
+        for d in docs:
+            if d["id"] in other:
+                out.append((run, d))
+                run = []
+            else:
+                run.append(d)
+        return out + [(run, None)]
+
+    merged = []
+    for (only_a, shared), (only_b, _) in zip(gaps(a, in_b), gaps(b, in_a)):
+        if only_a and only_b:
+            raise ValueError(f"{name}: cannot place {only_b[0]['id']}: the files before it hold other items "
+                             f"({only_a[0]['id']}, ...) in the same gap"
+                             + (f" before {shared['id']}" if shared else " at the end"))
+        merged += only_a + only_b + ([shared] if shared else [])
+    return merged
 
 
 def piqa(docs: str, labels: str, **_) -> dict[str, datasets.Dataset]:
@@ -104,11 +133,48 @@ def piqa(docs: str, labels: str, **_) -> dict[str, datasets.Dataset]:
 
 
 def hellaswag(path: str, **_) -> dict[str, datasets.Dataset]:
-    """klosax's 6-lines-per-item text dump: query (activity label: context, markers already
-    stripped, ctx_b not capitalised), gold label, 4 endings."""
+    """klosax's 6-lines-per-item dump of the validation set (activity label: ctx, gold label, 4
+    endings) → lm-eval hellaswag's query/choices, as close to stock's process_docs as the dump
+    allows. The dump joined ctx_a and ctx_b without capitalising ctx_b and stripped only the
+    [header]/[step]/[substeps]/[title] markers; here ctx_b is split off again and capitalised
+    (`_split_ctx`) and what is left in brackets goes through stock's preprocess. What cannot be
+    restored is listed in hellaswag_local.yaml."""
     text = Path(path).read_text(encoding="utf-8").splitlines()
     if len(text) % 6:
         raise ValueError(f"{path}: {len(text)} lines is not 6 per item")
     items = [text[i : i + 6] for i in range(0, len(text), 6)]
     return {"validation": datasets.Dataset.from_list(
-        [{"query": it[0], "label": int(it[1]), "choices": it[2:6]} for it in items])}
+        [{"query": _hellaswag_query(it[0]), "label": int(it[1]), "choices": [_unbracket(e) for e in it[2:6]]}
+         for it in items])}
+
+
+def _hellaswag_query(line: str) -> str:
+    """Stock's query, activity_label + ": " + ctx_a + " " + ctx_b.capitalize(), from the dump's
+    line (no activity label holds ": ")."""
+    label, ctx = line.split(": ", 1)
+    ctx_a, ctx_b = _split_ctx(ctx)
+    return _unbracket(" ".join(p for p in (label + ":", ctx_a, ctx_b.capitalize()) if p))
+
+
+_SENTENCE_END = re.compile(r"[.!?] ")
+
+
+def _split_ctx(ctx: str) -> tuple[str, str]:
+    """(ctx_a, ctx_b), inferred: the dump has no field that marks the split. ctx_b is the
+    unfinished sentence the endings complete, which ActivityNet items have and WikiHow items
+    (their contexts end a sentence) do not; in the dump exactly 3,243 contexts do not end with
+    ".", "!" or "?", the ActivityNet ones. So: a context ending a sentence has ctx_b = "";
+    otherwise ctx_b is what follows the last sentence end."""
+    if ctx.endswith((".", "!", "?")):
+        return ctx, ""
+    cut = max((m.end() for m in _SENTENCE_END.finditer(ctx)), default=0)
+    return ctx[:cut].rstrip(), ctx[cut:]
+
+
+def _unbracket(text: str) -> str:
+    """Stock's preprocess for text that still holds brackets (the dump dropped only the 4
+    markers; stock drops any [...]). Other text is left alone: the dump already did the rest,
+    and a second collapse of double spaces would undo ones stock keeps too."""
+    from lm_eval.tasks.hellaswag.utils import preprocess
+
+    return preprocess(text) if "[" in text else text

@@ -23,6 +23,7 @@ row is `compute.activation_memory` (saved activations + the logits gradients). T
 rows repeat the memory measurement with `model.loss_chunk` = --memory-loss-chunk positions:
 no B×T×V logits are kept across the step, so activations, not the vocabulary, set the ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,15 +42,27 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout too
 
-from huginn_db import compute  # noqa: E402
+from huginn_db import compute, measure  # noqa: E402
 from huginn_db.model import ModelConfig, RecurrentDepthLM, select_attention_backend  # noqa: E402
-from huginn_db.objectives import (BPTTConfig, BPTTObjective, DiffusionBlocksConfig,  # noqa: E402
-                                  DiffusionBlocksObjective, sample_recurrence)
+from huginn_db.objectives import OBJECTIVES  # noqa: E402
 
-NAMES = ("bptt", "diffusion_blocks")
-QUICK = dict(vocab=512, hidden=64, heads=4, mlp=256, layers="1,2,1", seq=32, batch=4,
-             mean_recurrence=8, backprop_depth=2, steps=2, memory_loss_chunk=32, warmup=1, peak_seconds=0.3,
-             threads=1)  # tiny matmuls: a second thread only adds synchronisation
+NAMES = tuple(OBJECTIVES)
+QUICK = dict(
+    vocab=512,
+    hidden=64,
+    heads=4,
+    mlp=256,
+    layers="1,2,1",
+    seq=32,
+    batch=4,
+    mean_recurrence=8,
+    backprop_depth=2,
+    steps=2,
+    memory_loss_chunk=32,
+    warmup=1,
+    peak_seconds=0.3,
+    threads=1,
+)  # tiny matmuls: a second thread only adds synchronisation
 
 
 def parse_args(argv):
@@ -58,8 +71,12 @@ def parse_args(argv):
     ap.add_argument("--gpu", action="store_true", help="CUDA, bf16 autocast")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per objective")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per objective (the first is FLOP-counted)")
-    ap.add_argument("--batch", type=int, default=4,
-                    help="sequences per step (default: time-bound on 2 CPU cores; the est. memory row shows how far it can go)")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=4,
+        help="sequences per step (default: time-bound on 2 CPU cores; the est. memory row shows how far it can go)",
+    )
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--hidden", type=int, default=512)
@@ -68,12 +85,17 @@ def parse_args(argv):
     ap.add_argument("--layers", default="2,4,2", help="prelude,core,coda")
     ap.add_argument("--mean-recurrence", type=int, default=32)
     ap.add_argument("--backprop-depth", type=int, default=8)
-    ap.add_argument("--num-bands", type=int, default=DiffusionBlocksConfig.num_bands)
+    ap.add_argument("--num-bands", type=int, default=8)
     ap.add_argument("--sigma-per", default="sequence", choices=("sequence", "token"))
-    ap.add_argument("--loss-chunk", type=int, default=0,
-                    help="model.loss_chunk of the timed runs (0: full logits, the default)")
-    ap.add_argument("--memory-loss-chunk", type=int, default=256,
-                    help="also probe peak memory with this chunked cross-entropy (0: skip)")
+    ap.add_argument(
+        "--loss-chunk", type=int, default=0, help="model.loss_chunk of the timed runs (0: full logits, the default)"
+    )
+    ap.add_argument(
+        "--memory-loss-chunk",
+        type=int,
+        default=256,
+        help="also probe peak memory with this chunked cross-entropy (0: skip)",
+    )
     ap.add_argument("--peak-seconds", type=float, default=1.0, help="matmul peak benchmark time")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
@@ -92,25 +114,51 @@ def parse_args(argv):
 
 def configs(args):
     lp, lr, lc = (int(x) for x in args.layers.split(","))
-    mc = ModelConfig(vocab_size=args.vocab, hidden=args.hidden, heads=args.heads, mlp_hidden=args.mlp,
-                     prelude_layers=lp, core_layers=lr, coda_layers=lc, context=args.seq,
-                     init_recurrence=args.mean_recurrence, loss_chunk=args.loss_chunk)
-    return mc, {"bptt": BPTTConfig(mean_recurrence=args.mean_recurrence, backprop_depth=args.backprop_depth),
-                "diffusion_blocks": DiffusionBlocksConfig(num_bands=args.num_bands, sigma_per=args.sigma_per)}
+    mc = ModelConfig(
+        vocab_size=args.vocab,
+        hidden=args.hidden,
+        heads=args.heads,
+        mlp_hidden=args.mlp,
+        prelude_layers=lp,
+        core_layers=lr,
+        coda_layers=lc,
+        context=args.seq,
+        init_recurrence=args.mean_recurrence,
+        loss_chunk=args.loss_chunk,
+    )
+    # each flag goes to every objective whose config has that field; the rest keep their defaults
+    knobs = {
+        "mean_recurrence": args.mean_recurrence,
+        "backprop_depth": args.backprop_depth,
+        "num_bands": args.num_bands,
+        "sigma_per": args.sigma_per,
+    }
+    ocs = {}
+    for name, obj in OBJECTIVES.items():
+        have = {f.name for f in dataclasses.fields(obj.config)}
+        ocs[name] = obj.config(**{k: v for k, v in knobs.items() if k in have})
+    return mc, ocs
 
 
 def build(mc, name, oc, device, seed):
     torch.manual_seed(seed)
-    model = RecurrentDepthLM(dataclasses.replace(mc, sigma_conditioning=name == "diffusion_blocks")).to(device)
-    objective = (BPTTObjective if name == "bptt" else DiffusionBlocksObjective)(oc, seed=seed)
-    return model, objective, torch.optim.AdamW(model.parameters(), lr=1e-4)
+    obj = OBJECTIVES[name]
+    model = RecurrentDepthLM(dataclasses.replace(mc, sigma_conditioning=obj.sigma_conditioning)).to(device)
+    return model, obj(oc, seed=seed), torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+
+def draw(name, oc, step, seed):
+    return OBJECTIVES[name].draw_iterations(oc, step, seed)
 
 
 def make_batch(args, step, device, rows=None):
     g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
     ids = torch.randint(0, args.vocab, (rows or args.batch, args.seq + 1), generator=g).to(device)
-    return {"input_ids": ids[:, :-1], "target_ids": ids[:, 1:],
-            "loss_weight": torch.ones(ids.shape[0], args.seq, device=device)}
+    return {
+        "input_ids": ids[:, :-1],
+        "target_ids": ids[:, 1:],
+        "loss_weight": torch.ones(ids.shape[0], args.seq, device=device),
+    }
 
 
 def train_step(model, objective, opt, batch, step, autocast, count_flops=False):
@@ -118,7 +166,7 @@ def train_step(model, objective, opt, batch, step, autocast, count_flops=False):
     flops = None
     with autocast():
         if count_flops:
-            flops = compute.measure_step_flops(model, objective, batch, step)
+            flops = measure.measure_step_flops(model, objective, batch, step)
         else:
             loss, _ = objective.loss(model, batch, step)
             loss.backward()
@@ -141,23 +189,24 @@ def memory_probe(args) -> int:
     oc = ocs[name]
     model, objective, opt = build(mc, name, oc, torch.device("cpu"), args.seed)
     step = 0
-    if name == "bptt":  # the smallest r > k: a cheap step with all k grad iterations
-        rs = {s: sample_recurrence(s, oc, args.seed) for s in range(1000)}
-        step = min((s for s in rs if rs[s] > oc.backprop_depth), key=rs.get, default=max(rs, key=rs.get))
+    if draw(name, oc, 0, args.seed) is not None:  # the smallest r > k: a cheap step with all k grad iterations
+        k = OBJECTIVES[name].saved_core_iterations(oc)
+        rs = {s: draw(name, oc, s, args.seed) for s in range(1000)}
+        step = min((s for s in rs if rs[s] > k), key=rs.get, default=max(rs, key=rs.get))
     train_step(model, objective, opt, make_batch(args, step, "cpu", rows=1), step, contextlib.nullcontext)
     gc.collect()
     base = _rss("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS high-water mark
     train_step(model, objective, opt, make_batch(args, step, "cpu"), step, contextlib.nullcontext)
-    print(json.dumps({"peak_delta": _rss("VmHWM") - base,
-                      "r": sample_recurrence(step, oc, args.seed) if name == "bptt" else None}))
+    print(json.dumps({"peak_delta": _rss("VmHWM") - base, "r": draw(name, oc, step, args.seed)}))
     return 0
 
 
 def cpu_memory(argv, name) -> dict:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
-    proc = subprocess.run([sys.executable, __file__, *argv, "--memory-probe", name],
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, *argv, "--memory-probe", name], env=env, capture_output=True, text=True
+    )
     if proc.returncode:  # e.g. no /proc/self/clear_refs (not Linux)
         raise SystemExit(f"bench_train: the {name} memory probe failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -171,14 +220,14 @@ def run(args, argv) -> dict:
     sync = torch.cuda.synchronize if args.gpu else (lambda: None)
     mc, ocs = configs(args)
     peak_dtype = torch.bfloat16 if args.gpu else torch.float32
-    peak = compute.measure_peak(peak_dtype, seconds=args.peak_seconds, device=device)
+    peak = measure.measure_peak(peak_dtype, seconds=args.peak_seconds, device=device)
     runs = {name: build(mc, name, ocs[name], device, args.seed) for name in NAMES}
     res = {name: {"times": [], "flops_at_r": [], "r": [], "mem": []} for name in NAMES}
     for step in range(args.warmup + args.steps):
         batch = make_batch(args, step, device)
         for name in NAMES:  # interleaved: one step of each, in turn
             model, objective, opt = runs[name]
-            r = sample_recurrence(step, ocs[name], args.seed) if name == "bptt" else None
+            r = draw(name, ocs[name], step, args.seed)
             if args.gpu:
                 sync()
                 base = torch.cuda.memory_allocated()
@@ -199,7 +248,7 @@ def run(args, argv) -> dict:
             if args.gpu:
                 rr["mem"].append(torch.cuda.max_memory_allocated() - base)
     # the peak again after the runs: the better of the two is less likely to carry load spikes
-    peak = max(peak, compute.measure_peak(peak_dtype, seconds=args.peak_seconds, device=device))
+    peak = max(peak, measure.measure_peak(peak_dtype, seconds=args.peak_seconds, device=device))
     tokens = args.batch * args.seq
     for name in NAMES:
         rr = res[name]
@@ -230,19 +279,37 @@ def run(args, argv) -> dict:
                 rr["peak_mem_chunked"] = torch.cuda.max_memory_allocated() - base
                 model.cfg.loss_chunk = args.loss_chunk
             else:
-                rr["peak_mem_chunked"] = cpu_memory([*argv, "--loss-chunk", str(args.memory_loss_chunk)], name)["peak_delta"]
-            rr["mem_est_chunked"] = compute.activation_memory(chunked, ocs[name], args.batch, args.seq,
-                                                              bytes_per_element=bpe)["peak"]
+                rr["peak_mem_chunked"] = cpu_memory([*argv, "--loss-chunk", str(args.memory_loss_chunk)], name)[
+                    "peak_delta"
+                ]
+            rr["mem_est_chunked"] = compute.activation_memory(
+                chunked, ocs[name], args.batch, args.seq, bytes_per_element=bpe
+            )["peak"]
     backend = select_attention_backend(mc.attention, device)
-    return {"device": torch.cuda.get_device_name() if args.gpu else f"cpu ({torch.get_num_threads()} threads)",
-            "precision": "bf16 autocast" if args.gpu else "fp32", "attention": backend,
-            "peak_flops": peak, "peak_dtype": str(peak_dtype).removeprefix("torch."),
-            "shape": {"vocab": args.vocab, "hidden": args.hidden, "heads": args.heads, "mlp": args.mlp,
-                      "layers": args.layers, "batch": args.batch, "seq": args.seq,
-                      "mean_recurrence": args.mean_recurrence, "backprop_depth": args.backprop_depth,
-                      "num_bands": args.num_bands, "sigma_per": args.sigma_per,
-                      "loss_chunk": args.loss_chunk, "memory_loss_chunk": args.memory_loss_chunk},
-            "E_r": compute.expected_iterations(ocs["bptt"])["r"], "results": res}
+    return {
+        "device": torch.cuda.get_device_name() if args.gpu else f"cpu ({torch.get_num_threads()} threads)",
+        "precision": "bf16 autocast" if args.gpu else "fp32",
+        "attention": backend,
+        "peak_flops": peak,
+        "peak_dtype": str(peak_dtype).removeprefix("torch."),
+        "shape": {
+            "vocab": args.vocab,
+            "hidden": args.hidden,
+            "heads": args.heads,
+            "mlp": args.mlp,
+            "layers": args.layers,
+            "batch": args.batch,
+            "seq": args.seq,
+            "mean_recurrence": args.mean_recurrence,
+            "backprop_depth": args.backprop_depth,
+            "num_bands": args.num_bands,
+            "sigma_per": args.sigma_per,
+            "loss_chunk": args.loss_chunk,
+            "memory_loss_chunk": args.memory_loss_chunk,
+        },
+        "E_r": {n: sum(OBJECTIVES[n].core_iterations(ocs[n])) for n in NAMES},
+        "results": res,
+    }
 
 
 def _f(x: float) -> str:
@@ -253,45 +320,77 @@ def _f(x: float) -> str:
 
 
 def report(out: dict) -> str:
-    s, b, d = out["shape"], out["results"]["bptt"], out["results"]["diffusion_blocks"]
-    lines = [f"device {out['device']}, {out['precision']}, attention {out['attention']}; "
-             f"{out['peak_dtype']} matmul peak {out['peak_flops'] / 1e9:,.1f} GFLOP/s",
-             f"shape V={s['vocab']} h={s['hidden']} heads={s['heads']} mlp={s['mlp']} layers={s['layers'].replace(',', '/')} "
-             f"batch {s['batch']}×{s['seq']}; BPTT r̄={s['mean_recurrence']} k={s['backprop_depth']} (E[r]={out['E_r']:.2f}); "
-             f"DB {s['num_bands']} bands, σ per {s['sigma_per']}",
-             f"BPTT r: FLOP-counted warm-up step {b['measured_r']}, timed steps {', '.join(map(str, b['r']))}"
-             + (f"; memory probe {b['mem_r']}" if b["mem_r"] else ""), ""]
-    mib = 2 ** 20
+    """One column per objective, and each one's ratio to the cheapest (lowest E[FLOPs]/step)."""
+    s, res = out["shape"], out["results"]
+    names = list(res)
+    base = min(names, key=lambda n: res[n]["expected"])
+    others = [n for n in names if n != base]
+    lines = [
+        f"device {out['device']}, {out['precision']}, attention {out['attention']}; "
+        f"{out['peak_dtype']} matmul peak {out['peak_flops'] / 1e9:,.1f} GFLOP/s",
+        f"shape V={s['vocab']} h={s['hidden']} heads={s['heads']} mlp={s['mlp']} layers={s['layers'].replace(',', '/')} "
+        f"batch {s['batch']}×{s['seq']}; r̄={s['mean_recurrence']} k={s['backprop_depth']}, "
+        f"{s['num_bands']} bands, σ per {s['sigma_per']}; E[core iterations] "
+        + ", ".join(f"{n} {out['E_r'][n]:.2f}" for n in names),
+    ]
+    for n in names:
+        if res[n]["measured_r"] is not None:
+            lines.append(
+                f"{n} r: FLOP-counted warm-up step {res[n]['measured_r']}, timed steps "
+                f"{', '.join(map(str, res[n]['r']))}" + (f"; memory probe {res[n]['mem_r']}" if res[n]["mem_r"] else "")
+            )
+    lines.append("")
+    mib = 2**20
     rows = [
-        (f"measured FLOPs/step (r={b['measured_r']})", b["measured"], d["measured"], _f),
-        ("analytic FLOPs/step, same r", b["analytic_at_measured_r"], d["analytic_at_measured_r"], _f),
-        ("measured/analytic", b["measured"] / b["analytic_at_measured_r"], d["measured"] / d["analytic_at_measured_r"], "{:.4f}".format),
-        ("analytic E[FLOPs]/step (E over r)", b["expected"], d["expected"], _f),
-        ("median s/step (timed steps)", b["median_s"], d["median_s"], "{:.3f}".format),
-        ("s/step at E[r] (achieved rate)", b["s_at_expected"], d["s_at_expected"], "{:.3f}".format),
-        ("tokens/s", b["tokens_per_s"], d["tokens_per_s"], "{:,.0f}".format),
-        ("achieved FLOP/s (analytic at r)", b["achieved"], d["achieved"], _f),
-        ("MFU", b["mfu"], d["mfu"], "{:.1%}".format),
-        ("peak memory Δ/step, measured MiB", b["peak_mem"] / mib, d["peak_mem"] / mib, "{:,.0f}".format),
-        ("peak memory Δ/step, est. MiB", b["mem_est"] / mib, d["mem_est"] / mib, "{:,.0f}".format),
+        ("measured FLOPs/step (warm-up step)", "measured", _f),
+        ("analytic FLOPs/step, same r", "analytic_at_measured_r", _f),
+        ("measured/analytic", lambda r: r["measured"] / r["analytic_at_measured_r"], "{:.4f}".format),
+        ("analytic E[FLOPs]/step (E over r)", "expected", _f),
+        ("median s/step (timed steps)", "median_s", "{:.3f}".format),
+        ("s/step at E[r] (achieved rate)", "s_at_expected", "{:.3f}".format),
+        ("tokens/s", "tokens_per_s", "{:,.0f}".format),
+        ("achieved FLOP/s (analytic at r)", "achieved", _f),
+        ("MFU", "mfu", "{:.1%}".format),
+        ("peak memory Δ/step, measured MiB", lambda r: r["peak_mem"] / mib, "{:,.0f}".format),
+        ("peak memory Δ/step, est. MiB", lambda r: r["mem_est"] / mib, "{:,.0f}".format),
     ]
     c = s.get("memory_loss_chunk")
     if c:
-        rows += [(f"  chunked CE (c={c}), measured MiB", b["peak_mem_chunked"] / mib, d["peak_mem_chunked"] / mib, "{:,.0f}".format),
-                 (f"  chunked CE (c={c}), est. MiB", b["mem_est_chunked"] / mib, d["mem_est_chunked"] / mib, "{:,.0f}".format)]
-    lines.append(f"{'':<36}{'bptt':>12}{'db':>12}{'bptt/db':>10}")
-    for label, x, y, fmt in rows:
-        lines.append(f"{label:<36}{fmt(x):>12}{fmt(y):>12}{x / y:>9.2f}x")
-    lines += ["",
-              f"ratio BPTT/DB analytic E[FLOPs]/step: {b['expected'] / d['expected']:.2f}x",
-              f"ratio BPTT/DB measured FLOPs/step (BPTT r={b['measured_r']}): {b['measured'] / d['measured']:.2f}x",
-              f"ratio BPTT/DB median s/step (BPTT r={', '.join(map(str, b['r']))}): {b['median_s'] / d['median_s']:.2f}x",
-              f"ratio BPTT/DB s/step at E[r]: {b['s_at_expected'] / d['s_at_expected']:.2f}x",
-              f"ratio BPTT/DB tokens/s: {b['tokens_per_s'] / d['tokens_per_s']:.2f}x",
-              f"ratio BPTT/DB peak memory per step: {b['peak_mem'] / d['peak_mem']:.2f}x"]
-    if c:
-        lines.append(f"ratio BPTT/DB peak memory per step, chunked cross-entropy (c={c}): "
-                     f"{b['peak_mem_chunked'] / d['peak_mem_chunked']:.2f}x")
+        rows += [
+            (f"  chunked CE (c={c}), measured MiB", lambda r: r["peak_mem_chunked"] / mib, "{:,.0f}".format),
+            (f"  chunked CE (c={c}), est. MiB", lambda r: r["mem_est_chunked"] / mib, "{:,.0f}".format),
+        ]
+    short = {n: OBJECTIVES[n].short.lower() if n in OBJECTIVES else n for n in names}
+    lines.append(
+        f"{'':<36}"
+        + "".join(f"{short[n]:>12}" for n in names)
+        + "".join(f"{short[n] + '/' + short[base]:>14}" for n in others)
+    )
+    for label, key, fmt in rows:
+        get = key if callable(key) else (lambda r, k=key: r[k])
+        vals = {n: get(res[n]) for n in names}
+        lines.append(
+            f"{label:<36}"
+            + "".join(f"{fmt(vals[n]):>12}" for n in names)
+            + "".join(f"{vals[n] / vals[base]:>13.2f}x" for n in others)
+        )
+    lines.append("")
+    for n in others:
+        b, d, tag = res[n], res[base], f"{OBJECTIVES[n].short}/{OBJECTIVES[base].short}" if n in OBJECTIVES else n
+        rs = ", ".join(map(str, b["r"])) if b["measured_r"] is not None else "-"
+        lines += [
+            f"ratio {tag} analytic E[FLOPs]/step: {b['expected'] / d['expected']:.2f}x",
+            f"ratio {tag} measured FLOPs/step (r={b['measured_r']}): {b['measured'] / d['measured']:.2f}x",
+            f"ratio {tag} median s/step (r={rs}): {b['median_s'] / d['median_s']:.2f}x",
+            f"ratio {tag} s/step at E[r]: {b['s_at_expected'] / d['s_at_expected']:.2f}x",
+            f"ratio {tag} tokens/s: {b['tokens_per_s'] / d['tokens_per_s']:.2f}x",
+            f"ratio {tag} peak memory per step: {b['peak_mem'] / d['peak_mem']:.2f}x",
+        ]
+        if c:
+            lines.append(
+                f"ratio {tag} peak memory per step, chunked cross-entropy (c={c}): "
+                f"{b['peak_mem_chunked'] / d['peak_mem_chunked']:.2f}x"
+            )
     return "\n".join(lines)
 
 

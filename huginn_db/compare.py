@@ -1,16 +1,18 @@
-"""DiffusionBlocks vs truncated BPTT on the same model and data: train both, evaluate both with
-lm-eval at several test-time depths, and write a report of what each cost and what each scored.
+"""Training objectives on the same model and data (default: every registered one, e.g.
+DiffusionBlocks and truncated BPTT): train each, evaluate each with lm-eval at several
+test-time depths, and write a report of what each cost and what each scored.
 
-    huginn-db compare RECIPE.yaml [--mode step|compute] [--seeds 0 1] [--num-steps 1,2,4,8]
-                      [--tasks T,...] [--limit N] [--out DIR] [dotted.key=value ...]
+    huginn-db compare RECIPE.yaml [--mode step|compute] [--objectives A B ...] [--seeds 0 1]
+                      [--num-steps 1,2,4,8] [--tasks T,...] [--limit N] [--out DIR] [dotted.key=value ...]
     huginn-db report RUN_DIR [RUN_DIR ...] [--out DIR]
 
-`step` mode trains both variants for the recipe's train.max_steps. `compute` mode gives both
-the same training-FLOP budget: the BPTT variant's expected FLOPs at train.max_steps (or
---flops), with each variant's steps = budget / its analytic FLOPs per step.
+`step` mode trains every objective for the recipe's train.max_steps. `compute` mode gives each
+the same training-FLOP budget: the most expensive objective's expected FLOPs at
+train.max_steps (or --flops), with each objective's steps = budget / its analytic FLOPs per step.
 Each run directory keeps its metrics.jsonl and eval/lm_eval.json, so `report` can rebuild
 report.md and the plots from run directories alone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +22,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from huginn_db.config import ConfigError, load_config
-from huginn_db.report import OBJECTIVES, SHORT, print_report, write_report
-
+from huginn_db.config import load_config
+from huginn_db.errors import ConfigError
+from huginn_db.objectives import OBJECTIVES
+from huginn_db.report import print_report, write_report
 
 
 def _train(recipe: str, run: Path, overrides: list[str]) -> None:
@@ -32,26 +35,42 @@ def _train(recipe: str, run: Path, overrides: list[str]) -> None:
     subprocess.run(cmd, check=True, env=env)
 
 
-def steps_for_budget(recipe: str, overrides: list[str], budget: float | None) -> tuple[dict[str, int], float]:
-    """Steps per objective so that both spend the same analytic training FLOPs."""
+def steps_for_budget(
+    recipe: str, overrides: list[str], budget: float | None, objectives: list[str] | None = None
+) -> tuple[dict[str, int], float]:
+    """Steps per objective so that each spends the same analytic training FLOPs; the default
+    budget is the most expensive objective's at train.max_steps."""
     from huginn_db.compute import train_flops
-    from huginn_db.train import build_corpus
+    from huginn_db.data import build_corpus
 
     per_step = {}
-    for obj in OBJECTIVES:
+    for obj in objectives or list(OBJECTIVES):
         cfg = load_config(recipe, [*overrides, f"objective.name={obj}"])
-        T = build_corpus(cfg).train_seq_len
+        T = build_corpus(cfg.data, cfg.seed, cfg.model.context).train_seq_len
         B = cfg.train.micro_batch_size * cfg.train.grad_accum  # per rank; the ratio is what matters
         per_step[obj] = train_flops(cfg.model, cfg.objective_config(), B, T)["total"]  # E over r for BPTT
     if budget is None:
-        base = load_config(recipe, overrides)
-        budget = per_step["bptt"] * base.train.max_steps
+        budget = max(per_step.values()) * load_config(recipe, overrides).train.max_steps
     return {obj: max(1, round(budget / f)) for obj, f in per_step.items()}, budget
 
 
-def compare(recipe: str, mode: str, seeds: list[int], num_steps: list[int], tasks: list[str] | None,
-            limit: int | None, out: Path, overrides: list[str], budget: float | None = None) -> Path:
+def compare(
+    recipe: str,
+    mode: str,
+    seeds: list[int],
+    num_steps: list[int],
+    tasks: list[str] | None,
+    limit: int | None,
+    out: Path,
+    overrides: list[str],
+    budget: float | None = None,
+    objectives: list[str] | None = None,
+) -> Path:
     base = load_config(recipe, overrides)
+    objectives = objectives or list(OBJECTIVES)
+    unknown = [o for o in objectives if o not in OBJECTIVES]
+    if unknown:
+        raise ConfigError(f"--objectives: unknown objective {unknown[0]!r} (registered: {', '.join(OBJECTIVES)})")
     from huginn_db.lm_eval import default_tasks, task_manager
 
     tasks = tasks or default_tasks(base)
@@ -59,17 +78,26 @@ def compare(recipe: str, mode: str, seeds: list[int], num_steps: list[int], task
         task_manager(tasks)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    steps = {obj: base.train.max_steps for obj in OBJECTIVES}
+    steps = {obj: base.train.max_steps for obj in objectives}
     if mode == "compute":
-        steps, budget = steps_for_budget(recipe, overrides, budget)
+        steps, budget = steps_for_budget(recipe, overrides, budget, objectives)
         print(f"compute-matched budget {budget:.3e} FLOPs: steps {steps}", flush=True)
     runs = []
     for seed in seeds:
-        for obj in OBJECTIVES:
-            run = out / f"{SHORT[obj].lower()}-seed{seed}"
+        for obj in objectives:
+            run = out / f"{OBJECTIVES[obj].short.lower()}-seed{seed}"
             # the trainer's own end-of-run accuracy is skipped: lm-eval scores the runs below
-            _train(recipe, run, [*overrides, f"objective.name={obj}", f"seed={seed}",
-                                 f"train.max_steps={steps[obj]}", "eval.num_steps=[]"])
+            _train(
+                recipe,
+                run,
+                [
+                    *overrides,
+                    f"objective.name={obj}",
+                    f"seed={seed}",
+                    f"train.max_steps={steps[obj]}",
+                    "eval.num_steps=[]",
+                ],
+            )
             evaluate_run(run, tasks, num_steps, limit, seed)
             runs.append(run)
     return write_report(runs, out)
@@ -80,19 +108,32 @@ def evaluate_run(run: Path, tasks: list[str], num_steps: list[int], limit: int |
     from huginn_db.lm_eval import evaluate
 
     results = evaluate(str(run), tasks, num_steps, limit=limit, model_args={"seed": seed})
-    scores = {str(K): {t: {m: v for m, v in r.items() if isinstance(v, (int, float)) and not m.endswith("_stderr,none")}
-                       for t, r in res["results"].items()} for K, res in results.items()}
+    scores = {
+        str(K): {
+            t: {m: v for m, v in r.items() if isinstance(v, (int, float)) and not m.endswith("_stderr,none")}
+            for t, r in res["results"].items()
+        }
+        for K, res in results.items()
+    }
     (run / "eval").mkdir(exist_ok=True)
     (run / "eval" / "lm_eval.json").write_text(json.dumps({"tasks": tasks, "scores": scores}, indent=2))
     return scores
 
 
 def main_compare(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="huginn-db compare", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="huginn-db compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("recipe")
     ap.add_argument("--mode", choices=["step", "compute"], default="step")
     ap.add_argument("--flops", type=float, default=None, help="compute mode: FLOP budget per variant")
+    ap.add_argument(
+        "--objectives",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help=f"objectives to train (default: all registered: {' '.join(OBJECTIVES)})",
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--num-steps", default="1,2,4,8,16", help="test-time depths for evaluation")
     ap.add_argument("--tasks", default=None, help="comma-separated lm-eval tasks (default: by data)")
@@ -100,16 +141,22 @@ def main_compare(argv: list[str]) -> int:
     ap.add_argument("--out", default=None, help="default: the recipe's run_dir parent + /compare")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_intermixed_args(argv)
+    base = load_config(args.recipe, args.overrides)
+    out = Path(args.out) if args.out else Path(base.run_dir).parent
     try:
-        base = load_config(args.recipe, args.overrides)
-        out = Path(args.out) if args.out else Path(base.run_dir).parent
-        report = compare(args.recipe, args.mode, args.seeds, [int(k) for k in args.num_steps.split(",")],
-                         args.tasks.split(",") if args.tasks else None, args.limit, out, args.overrides,
-                         args.flops)
-    except ConfigError as err:
-        print(f"huginn-db: error: {err}", file=sys.stderr)
-        return 2
-    except subprocess.CalledProcessError as err:
+        report = compare(
+            args.recipe,
+            args.mode,
+            args.seeds,
+            [int(k) for k in args.num_steps.split(",")],
+            args.tasks.split(",") if args.tasks else None,
+            args.limit,
+            out,
+            args.overrides,
+            args.flops,
+            args.objectives,
+        )
+    except subprocess.CalledProcessError as err:  # the run printed its own error; pass its exit code on
         print(f"huginn-db: error: a training run failed (exit {err.returncode})", file=sys.stderr)
         return err.returncode or 1
     print_report(report)
@@ -124,8 +171,7 @@ def main_report(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     missing = [r for r in args.runs if not (Path(r) / "metrics.jsonl").is_file()]
     if missing:
-        print(f"huginn-db: error: not a run directory (no metrics.jsonl): {missing[0]}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"not a run directory (no metrics.jsonl): {missing[0]}")
     report = write_report([Path(r) for r in args.runs], Path(args.out) if args.out else Path(args.runs[0]).parent)
     print_report(report)
     print(f"report: {report}")

@@ -8,6 +8,7 @@ Extrapolation gain of one run: accuracy on the first test difficulty past the tr
 difficulties at the largest evaluated K, minus the same at the smallest (K = 1). The depth
 scaling at the training boundary is the same difference at the largest trained difficulty.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,11 +16,29 @@ import re
 import statistics
 from pathlib import Path
 
-OBJECTIVES = ("diffusion_blocks", "bptt")
-SHORT = {"diffusion_blocks": "DB", "bptt": "BPTT"}
-COLORS = {"diffusion_blocks": "tab:blue", "bptt": "tab:orange"}
 _DEPTH_TASK = re.compile(r"reasoning_([a-z0-9]+)_d(\d+)")
 TASKS_SRC = Path(__file__).resolve().parent.parent / "eval" / "tasks"
+
+
+def short(name: str) -> str:
+    from huginn_db.objectives import OBJECTIVES
+
+    return OBJECTIVES[name].short if name in OBJECTIVES else name
+
+
+def color(name: str) -> str:
+    from huginn_db.objectives import OBJECTIVES
+
+    return OBJECTIVES[name].color if name in OBJECTIVES else "tab:gray"
+
+
+def by_objective(data: list[dict]) -> dict[str, list[dict]]:
+    """Runs grouped by objective: registered objectives in registry order, then any others."""
+    from huginn_db.objectives import OBJECTIVES
+
+    names = [o for o in OBJECTIVES if any(d["objective"] == o for d in data)]
+    names += sorted({d["objective"] for d in data} - set(names))
+    return {o: [d for d in data if d["objective"] == o] for o in names}
 
 
 def load_run(run: Path) -> dict:
@@ -28,9 +47,14 @@ def load_run(run: Path) -> dict:
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
     ev = run / "eval" / "lm_eval.json"
-    return {"run": run, "objective": cfg["objective"]["name"], "seed": cfg["seed"], "cfg": cfg,
-            "train": [r for r in rows if "loss" in r],
-            "scores": json.loads(ev.read_text())["scores"] if ev.is_file() else {}}
+    return {
+        "run": run,
+        "objective": cfg["objective"]["name"],
+        "seed": cfg["seed"],
+        "cfg": cfg,
+        "train": [r for r in rows if "loss" in r],
+        "scores": json.loads(ev.read_text())["scores"] if ev.is_file() else {},
+    }
 
 
 def fmt(xs: list[float], spec: str = ".3f") -> str:
@@ -68,6 +92,7 @@ def headline_metric(task_scores: dict) -> tuple[str, float] | None:
 
 
 # --- the depth benchmark ------------------------------------------------------------------------
+
 
 def depth_matrix(run: dict) -> dict[int, dict[int, float]]:
     """{difficulty: {K: exact match}} from a run's reasoning_<family>_d<k> scores."""
@@ -108,32 +133,47 @@ def _depth_section(data: list[dict], by_obj: dict) -> list[str]:
     r = first["cfg"]["data"]["reasoning"]
     trained = set(r["train_difficulties"])
     chance = _chance(first)
-    lines = ["", f"## Depth benchmark: `{r['family']}` family", "",
-             f"Exact match per test difficulty (rows) and test-time iterations K (columns: r for BPTT, Euler "
-             f"steps over K σ-bands for DB); trained on d ∈ {sorted(trained)}; chance {chance:.3f}; mean ± std over "
-             f"seeds where there are several. ‡ marks the trained difficulties."]
+    lines = [
+        "",
+        f"## Depth benchmark: `{r['family']}` family",
+        "",
+        f"Exact match per test difficulty (rows) and test-time iterations K (columns: r for BPTT, Euler "
+        f"steps over K σ-bands for DB); trained on d ∈ {sorted(trained)}; chance {chance:.3f}; mean ± std over "
+        f"seeds where there are several. ‡ marks the trained difficulties.",
+    ]
     for o, ds in by_obj.items():
         ds = [d for d in ds if mats[id(d)]]
         if not ds:
             continue
         diffs = sorted({k for d in ds for k in mats[id(d)]})
         Ks = sorted({K for d in ds for row in mats[id(d)].values() for K in row})
-        lines += ["", f"**{SHORT[o]}** ({len(ds)} seed{'s' if len(ds) > 1 else ''})", "",
-                  "| difficulty | " + " | ".join(f"K={K}" for K in Ks) + " |", "|---" * (len(Ks) + 1) + "|"]
+        lines += [
+            "",
+            f"**{short(o)}** ({len(ds)} seed{'s' if len(ds) > 1 else ''})",
+            "",
+            "| difficulty | " + " | ".join(f"K={K}" for K in Ks) + " |",
+            "|---" * (len(Ks) + 1) + "|",
+        ]
         for k in diffs:
             cells = [fmt([mats[id(d)].get(k, {}).get(K, float("nan")) for d in ds]) for K in Ks]
             lines.append(f"| d{k}{' ‡' if k in trained else ''} | " + " | ".join(cells) + " |")
-    lines += ["", "| objective | first unseen d | K_lo → K_hi | accuracy at K_lo | at K_hi | extrapolation gain | "
-                  "per seed | largest trained d: gain K_lo → K_hi |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| objective | first unseen d | K_lo → K_hi | accuracy at K_lo | at K_hi | extrapolation gain | "
+        "per seed | largest trained d: gain K_lo → K_hi |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for o, ds in by_obj.items():
         sums = [s for d in ds if (s := depth_summary(d)) is not None and "gain" in s]
         if not sums:
             continue
         s0 = sums[0]
-        lines.append(f"| {SHORT[o]} | d{s0['unseen']} | {s0['k_lo']} → {s0['k_hi']} | {fmt([s['acc_lo'] for s in sums])} | "
-                     f"{fmt([s['acc_hi'] for s in sums])} | **{fmt([s['gain'] for s in sums], '+.3f')}** | "
-                     f"{', '.join(format(s['gain'], '+.3f') for s in sums)} | "
-                     f"d{s0['trained_max']}: {fmt([s.get('scaling', float('nan')) for s in sums], '+.3f')} |")
+        lines.append(
+            f"| {short(o)} | d{s0['unseen']} | {s0['k_lo']} → {s0['k_hi']} | {fmt([s['acc_lo'] for s in sums])} | "
+            f"{fmt([s['acc_hi'] for s in sums])} | **{fmt([s['gain'] for s in sums], '+.3f')}** | "
+            f"{', '.join(format(s['gain'], '+.3f') for s in sums)} | "
+            f"d{s0['trained_max']}: {fmt([s.get('scaling', float('nan')) for s in sums], '+.3f')} |"
+        )
     return lines + _audit_section(first)
 
 
@@ -154,68 +194,104 @@ def _audit_section(run: dict, examples: int = 2000) -> list[str]:
     from huginn_db.data.audit import MARGIN, audit, format_audit
 
     rows = audit(_corpus(run), examples)
-    verdict = ("every trivial predictor stays within chance + 5 points" if all(r["pass"] for r in rows) else
-               "**some trivial predictor beats chance by more than 5 points: the scores above may measure a shortcut**")
-    return ["", "### Shortcut audit (the dumbest predictors on the same test distribution)", "",
-            f"Best of {len(rows[0]['scores'])} trivial predictors (fixed positions from either end, majority answer, "
-            f"first/last constant, bag-of-symbols majority and naive Bayes, the last statement's value) on {examples} "
-            f"test-stream problems per difficulty; pass = within chance + {MARGIN:.2f}: {verdict}.", "",
-            format_audit(rows)]
+    verdict = (
+        "every trivial predictor stays within chance + 5 points"
+        if all(r["pass"] for r in rows)
+        else "**some trivial predictor beats chance by more than 5 points: the scores above may measure a shortcut**"
+    )
+    return [
+        "",
+        "### Shortcut audit (the dumbest predictors on the same test distribution)",
+        "",
+        f"Best of {len(rows[0]['scores'])} trivial predictors (fixed positions from either end, majority answer, "
+        f"first/last constant, bag-of-symbols majority and naive Bayes, the last statement's value) on {examples} "
+        f"test-stream problems per difficulty; pass = within chance + {MARGIN:.2f}: {verdict}.",
+        "",
+        format_audit(rows),
+    ]
 
 
 # --- the whole report ---------------------------------------------------------------------------
 
+
 def write_report(runs: list[Path], out: Path) -> Path:
     data = [load_run(Path(r)) for r in runs]
     out.mkdir(parents=True, exist_ok=True)
-    by_obj = {o: [d for d in data if d["objective"] == o] for o in OBJECTIVES}
+    by_obj = by_objective(data)
     # equal step counts: step-matched; otherwise the steps were set from a FLOP budget
     mode = "step" if len({d["train"][-1]["step"] for d in data if d["train"]}) == 1 else "compute"
-    lines = [f"# DiffusionBlocks vs truncated BPTT ({mode}-matched)", ""]
-    lines += ["## Training cost", "",
-              "| | steps | tokens | train FLOPs | FLOPs/step | wall time (s) | s/step (median) | tokens/s | peak mem (MiB) | final loss |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"# {' vs '.join(short(o) for o in by_obj)} ({mode}-matched)", ""]
+    lines += [
+        "## Training cost",
+        "",
+        "| | steps | tokens | train FLOPs | FLOPs/step | wall time (s) | s/step (median) | tokens/s | peak mem (MiB) | final loss |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for o, ds in by_obj.items():
         if not ds:
             continue
         last = [d["train"][-1] for d in ds]
-        s_step = [statistics.median(r["seconds"] for r in d["train"][min(2, len(d["train"]) - 1):]) for d in ds]
-        lines.append("| " + " | ".join([
-            SHORT[o], fmt([r["step"] for r in last], ".0f"), fmt([r["tokens"] for r in last], ".0f"),
-            fmt([r.get("flops", float("nan")) for r in last], ".3e"),
-            fmt([r.get("flops", float("nan")) / r["step"] for r in last], ".3e"),
-            fmt([r["elapsed"] for r in last], ".1f"), fmt(s_step, ".3f"),
-            fmt([r["tokens"] / r["elapsed"] for r in last], ".0f"),
-            fmt([r.get("peak_memory_bytes", float("nan")) / 2**20 for r in last], ".0f"),
-            fmt([r["loss"] for r in last], ".4f")]) + " |")
-    if all(by_obj.values()):
+        s_step = [statistics.median(r["seconds"] for r in d["train"][min(2, len(d["train"]) - 1) :]) for d in ds]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    short(o),
+                    fmt([r["step"] for r in last], ".0f"),
+                    fmt([r["tokens"] for r in last], ".0f"),
+                    fmt([r.get("flops", float("nan")) for r in last], ".3e"),
+                    fmt([r.get("flops", float("nan")) / r["step"] for r in last], ".3e"),
+                    fmt([r["elapsed"] for r in last], ".1f"),
+                    fmt(s_step, ".3f"),
+                    fmt([r["tokens"] / r["elapsed"] for r in last], ".0f"),
+                    fmt([r.get("peak_memory_bytes", float("nan")) / 2**20 for r in last], ".0f"),
+                    fmt([r["loss"] for r in last], ".4f"),
+                ]
+            )
+            + " |"
+        )
+    if len(by_obj) > 1:
         f = {o: statistics.mean(d["train"][-1].get("flops", float("nan")) for d in ds) for o, ds in by_obj.items()}
-        lines += ["", f"Training FLOPs BPTT/DB: **{f['bptt'] / f['diffusion_blocks']:.2f}×**."]
+        cheap = min(f, key=f.get)
+        lines += [
+            "",
+            "Training FLOPs relative to "
+            + short(cheap)
+            + ": "
+            + ", ".join(f"{short(o)} **{v / f[cheap]:.2f}×**" for o, v in f.items() if o != cheap)
+            + ".",
+        ]
     lines += _depth_section(data, by_obj)
 
     Ks = sorted({K for d in data for K in d["scores"]}, key=int)
     other = sorted({t for d in data for K in d["scores"] for t in d["scores"][K] if not _DEPTH_TASK.fullmatch(t)})
     if Ks and other:
-        lines += ["", "## Benchmark scores (lm-eval)", "",
-                  "Depth K = loop iterations at test time (r for BPTT, Euler steps over K σ-bands for DB). "
-                  "Generation tasks use the K-step loop for both; DB log-likelihoods are the "
-                  "denoiser's context-only (σ_max) prediction.", "",
-                  "| task | metric | K | DB | BPTT |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Benchmark scores (lm-eval)",
+            "",
+            "Depth K = loop iterations at test time (r for BPTT, Euler steps over K σ-bands for DB). "
+            "Generation tasks use the K-step loop for both; DB log-likelihoods are the "
+            "denoiser's context-only (σ_max) prediction.",
+            "",
+            "| task | metric | K | " + " | ".join(short(o) for o in by_obj) + " |",
+            "|---|---|---|" + "---|" * len(by_obj),
+        ]
         caveats = {t: c for t, c in task_caveats().items() if t in other}
         for t in other:
             for K in Ks:
                 cells, metric = [], None
-                for o in OBJECTIVES:
+                for o in by_obj:
                     hms = [hm for d in by_obj[o] if (hm := headline_metric(d["scores"].get(K, {}).get(t, {})))]
                     metric = metric or (hms[0][0] if hms else None)
                     cells.append(fmt([v for _, v in hms]))
                 if metric:
-                    lines.append(f"| {t}{' †' if t in caveats else ''} | {metric} | {K} | {cells[0]} | {cells[1]} |")
+                    lines.append(f"| {t}{' †' if t in caveats else ''} | {metric} | {K} | " + " | ".join(cells) + " |")
         if caveats:
             lines += ["", "† Not stock lm-eval's score:"] + [f"- `{t}`: {c}." for t, c in caveats.items()]
     plots = _plots(data, by_obj, out)
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
-    lines += ["", "Runs: " + ", ".join(f"`{d['run']}`" for d in data), ""]
+    lines += ["", "Runs: " + ", ".join(f"`{d['run']}`" for ds in by_obj.values() for d in ds), ""]
     report = out / "report.md"
     report.write_text("\n".join(lines))
     return report
@@ -238,8 +314,13 @@ def _plots(data, by_obj, out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     for o, ds in by_obj.items():
         for i, d in enumerate(ds):
-            ax.plot([r["flops"] for r in d["train"]], [r["loss"] for r in d["train"]], color=COLORS[o],
-                    alpha=0.8, label=SHORT[o] if i == 0 else None)
+            ax.plot(
+                [r["flops"] for r in d["train"]],
+                [r["loss"] for r in d["train"]],
+                color=color(o),
+                alpha=0.8,
+                label=short(o) if i == 0 else None,
+            )
     ax.set(yscale="log", title="Loss vs training compute", xlabel="training FLOPs (analytic)", ylabel="training loss")
     ax.legend()
     save(fig, "loss_vs_flops.png")
@@ -263,12 +344,21 @@ def _plots(data, by_obj, out: Path) -> list[Path]:
         Ks = sorted({K for d in ds for row in depth_matrix(d).values() for K in row})
         cmap = plt.get_cmap("viridis")
         for i, K in enumerate(Ks):
-            ax.plot(diffs, [mean_cell(ds, k, K) for k in diffs], marker="o", color=cmap(i / max(1, len(Ks) - 1)),
-                    label=f"K={K}")
+            ax.plot(
+                diffs,
+                [mean_cell(ds, k, K) for k in diffs],
+                marker="o",
+                color=cmap(i / max(1, len(Ks) - 1)),
+                label=f"K={K}",
+            )
         ax.axhline(chance, color="gray", ls="--", lw=1, label="chance")
         ax.axvline(boundary, color="black", ls=":", lw=1, label="training boundary")
-        ax.set(ylim=(0, 1), title=f"{SHORT[o]}: accuracy per difficulty ({r['family']})", xlabel="difficulty",
-               ylabel="exact match")
+        ax.set(
+            ylim=(0, 1),
+            title=f"{short(o)}: accuracy per difficulty ({r['family']})",
+            xlabel="difficulty",
+            ylabel="exact match",
+        )
         ax.legend(fontsize=8)
     save(fig, "depth_per_difficulty.png")
 
@@ -282,8 +372,14 @@ def _plots(data, by_obj, out: Path) -> list[Path]:
         lines = {s["trained_max"]: (":", "trained"), s.get("unseen"): ("-", "first unseen"), hardest: ("--", "hardest")}
         for k, (style, what) in lines.items():
             if k is not None:
-                ax.plot(Ks, [mean_cell(ds, k, K) for K in Ks], style, marker="o", color=COLORS[o],
-                        label=f"{SHORT[o]} d{k} ({what})")
+                ax.plot(
+                    Ks,
+                    [mean_cell(ds, k, K) for K in Ks],
+                    style,
+                    marker="o",
+                    color=color(o),
+                    label=f"{short(o)} d{k} ({what})",
+                )
     ax.axhline(chance, color="gray", ls="--", lw=1, label="chance")
     ax.set(xscale="log", ylim=(0, 1), title="Test-time scaling", xlabel="test-time iterations K", ylabel="exact match")
     ax.set_xscale("log", base=2)

@@ -8,17 +8,35 @@ import numpy as np
 import pytest
 import torch
 
-from huginn_db import compute
+from huginn_db import compute, measure
+from huginn_db.cli import main as cli
 from huginn_db.model import ModelConfig, RecurrentDepthLM
-from huginn_db.objectives import (BPTTConfig, BPTTObjective, DiffusionBlocksConfig,
-                                  DiffusionBlocksObjective, sample_recurrence)
-
+from huginn_db.objectives.bptt import BPTTConfig, BPTTObjective, expected_iterations, recurrence_pmf, sample_recurrence
+from huginn_db.objectives.diffusion_blocks import DiffusionBlocksConfig, DiffusionBlocksObjective
 from tests.conftest import RECIPES, ROOT
 
-TINY = ModelConfig(vocab_size=50, hidden=32, heads=4, mlp_hidden=64, prelude_layers=1, core_layers=2,
-                   coda_layers=1, context=16, init_recurrence=4)
-PAPER = ModelConfig(vocab_size=32000, hidden=512, heads=8, mlp_hidden=2048, prelude_layers=2,
-                    core_layers=4, coda_layers=2, context=256, init_recurrence=32)
+TINY = ModelConfig(
+    vocab_size=50,
+    hidden=32,
+    heads=4,
+    mlp_hidden=64,
+    prelude_layers=1,
+    core_layers=2,
+    coda_layers=1,
+    context=16,
+    init_recurrence=4,
+)
+PAPER = ModelConfig(
+    vocab_size=32000,
+    hidden=512,
+    heads=8,
+    mlp_hidden=2048,
+    prelude_layers=2,
+    core_layers=4,
+    coda_layers=2,
+    context=256,
+    init_recurrence=32,
+)
 OBJECTIVES = {
     "bptt": BPTTConfig(mean_recurrence=6, backprop_depth=2),
     "db_sequence": DiffusionBlocksConfig(),
@@ -71,7 +89,7 @@ def test_analytic_train_flops_match_flop_counter_tiny(name):
     model = _model(TINY, oc)
     step = _short_step(oc) if name == "bptt" else 3
     r = sample_recurrence(step, oc) if name == "bptt" else None
-    measured = compute.measure_step_flops(model, _objective(oc), _batch(B, T, TINY.vocab_size), step)
+    measured = measure.measure_step_flops(model, _objective(oc), _batch(B, T, TINY.vocab_size), step)
     analytic = compute.train_flops(TINY, oc, B, T, r=r)
     assert measured == pytest.approx(analytic["total"], rel=0.02)
     assert set(analytic) == {*compute.TRAIN_PARTS, "total"}
@@ -81,7 +99,7 @@ def test_analytic_train_flops_match_flop_counter_tiny(name):
 def test_flop_counter_counts_cpu_attention():
     """Plain FlopCounterMode sees 0 FLOPs in CPU SDPA; ours counts torch's full-T² formula."""
     q = torch.randn(2, 4, 16, 8, requires_grad=True)
-    with compute.flop_counter() as fc:
+    with measure.flop_counter() as fc:
         torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
     fwd = 2 * 2 * (2 * 4 * 16 * 16 * 8)  # QKᵀ and P·V over the full 16×16 scores
     assert fc.get_total_flops() == fwd + 2.5 * fwd
@@ -93,7 +111,7 @@ def test_analytic_train_flops_match_flop_counter_paper_shape(paper_model, name):
     B, T = 1, 32
     step = _short_step(oc) if name == "bptt" else 0
     r = sample_recurrence(step, oc) if name == "bptt" else None
-    measured = compute.measure_step_flops(paper_model, _objective(oc), _batch(B, T, PAPER.vocab_size), step)
+    measured = measure.measure_step_flops(paper_model, _objective(oc), _batch(B, T, PAPER.vocab_size), step)
     paper_model.zero_grad(set_to_none=True)
     assert measured == pytest.approx(compute.train_flops(PAPER, oc, B, T, r=r)["total"], rel=0.02)
 
@@ -111,11 +129,11 @@ def test_param_counts_equal_num_parameters(paper_model):
 
 def test_expected_bptt_flops_match_monte_carlo():
     oc = BPTTConfig()  # r̄ = 32, k = 8
-    pmf = compute.recurrence_pmf(oc)
+    pmf = recurrence_pmf(oc)
     r = np.arange(1, len(pmf) + 1)
     assert pmf.sum() == pytest.approx(1.0, abs=1e-9)
     assert (pmf * r).sum() == pytest.approx(oc.mean_recurrence + 1, rel=1e-6)  # E[r] = r̄ + 1
-    e = compute.expected_iterations(oc)
+    e = expected_iterations(oc)
     assert e["grad"] == pytest.approx((pmf * np.minimum(r, 8)).sum(), rel=1e-9)
     draws = [sample_recurrence(s, oc) for s in range(20_000)]
     assert np.mean(np.minimum(draws, 8)) == pytest.approx(e["grad"], abs=0.01)
@@ -155,7 +173,7 @@ def test_activation_estimate_matches_saved_tensors(name, loss_chunk):
     mc = dataclasses.replace(TINY, loss_chunk=loss_chunk)
     B, T = 4, 12
     step = _short_step(oc) if name == "bptt" else 3
-    saved = compute.measure_saved_activations(_model(mc, oc), _objective(oc), _batch(B, T, mc.vocab_size), step)
+    saved = measure.measure_saved_activations(_model(mc, oc), _objective(oc), _batch(B, T, mc.vocab_size), step)
     est = compute.activation_memory(mc, oc, B, T)
     assert saved == pytest.approx(est["saved"], rel=0.05)
     assert est["peak"] > est["saved"]
@@ -168,7 +186,7 @@ def test_chunked_loss_memory_estimate_at_paper_shape_drops_the_logits():
     full = {n: compute.activation_memory(PAPER, oc, B, T)["peak"] for n, oc in OBJECTIVES.items()}
     chunked_mc = dataclasses.replace(PAPER, loss_chunk=256)
     chunked = {n: compute.activation_memory(chunked_mc, oc, B, T)["peak"] for n, oc in OBJECTIVES.items()}
-    bptt = dataclasses.replace(OBJECTIVES["bptt"], backprop_depth=8)
+    bptt = BPTTConfig(mean_recurrence=32, backprop_depth=8)
     ratio_full = compute.activation_memory(PAPER, bptt, B, T)["peak"] / full["db_sequence"]
     ratio_chunked = compute.activation_memory(chunked_mc, bptt, B, T)["peak"] / chunked["db_sequence"]
     assert all(chunked[n] < full[n] for n in full)
@@ -178,47 +196,58 @@ def test_chunked_loss_memory_estimate_at_paper_shape_drops_the_logits():
 
 
 def test_flops_cli_paper_recipe(capsys):
-    assert compute.main([str(RECIPES / "paper-lm1b-db.yaml")]) == 0
+    assert cli(["flops", str(RECIPES / "paper-lm1b-db.yaml")]) == 0
     text = capsys.readouterr().out
     ratio = float(re.search(r"ratio BPTT/DB training FLOPs per step \(E over r\): ([\d.]+)x", text).group(1))
     assert 5.0 < ratio < 7.0
     for part in ("prelude", "core_grad", "core_nograd", "coda", "head", "adaln"):
         assert re.search(rf"^\s+{part}\s", text, re.M), part
-    assert compute.main([str(RECIPES / "paper-lm1b-db.yaml"), "--json"]) == 0
+    assert cli(["flops", str(RECIPES / "paper-lm1b-db.yaml"), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
-    assert rep["train_ratio"] == pytest.approx(ratio, abs=0.01)
-    assert 1 + sum(rep["train_ratio_by_part"].values()) == pytest.approx(rep["train_ratio"])
+    assert rep["baseline"] == "diffusion_blocks"  # the recipe's objective
+    assert rep["train_ratio"]["bptt"] == pytest.approx(ratio, abs=0.01)
+    assert rep["train_ratio"]["diffusion_blocks"] == 1
+    assert 1 + sum(rep["train_ratio_by_part"]["bptt"].values()) == pytest.approx(rep["train_ratio"]["bptt"])
     assert set(rep["train"]["bptt"]["per_step"]) == {*compute.TRAIN_PARTS, "total"}
     assert set(rep["inference"]["bptt"]) == {"1", "4", "8", "32"}
-    assert all(rep["inference_ratio"][K] > 1 for K in ("4", "8", "32"))
+    assert all(rep["inference_ratio"]["bptt"][K] < 1 for K in ("4", "8", "32"))  # DB's sampler costs more per token
+    assert cli(["flops", str(RECIPES / "paper-lm1b-db.yaml"), "--json", "--baseline", "bptt"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["train_ratio"]["diffusion_blocks"] == pytest.approx(1 / ratio, rel=0.01)
+    assert cli(["flops", str(RECIPES / "paper-lm1b-db.yaml"), "--baseline", "nope"]) == 2
 
 
 def test_flops_cli_huginn_shape_ratio_and_bad_override(capsys):
-    assert compute.main([str(RECIPES / "huginn-3.5b-db.yaml"), "--json"]) == 0
+    assert cli(["flops", str(RECIPES / "huginn-3.5b-db.yaml"), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
-    assert 7.0 < rep["train_ratio"] < 9.0
+    assert 7.0 < rep["train_ratio"]["bptt"] < 9.0
     assert rep["params"]["bptt"]["total"] == pytest.approx(3.56e9, rel=0.01)
-    assert compute.main([str(RECIPES / "paper-lm1b-db.yaml"), "model.hiden=3"]) == 2
+    assert cli(["flops", str(RECIPES / "paper-lm1b-db.yaml"), "model.hiden=3"]) == 2
 
 
 def test_flops_cli_measure_tiny_recipe(capsys):
-    assert compute.main([str(RECIPES / "demo-db.yaml"), "--measure", "--measure-seq", "16", "--json"]) == 0
+    assert cli(["flops", str(RECIPES / "demo-db.yaml"), "--measure", "--measure-seq", "16", "--json"]) == 0
     m = json.loads(capsys.readouterr().out)["measured"]
     for name in ("bptt", "diffusion_blocks"):
         assert m[name]["measured"] == pytest.approx(m[name]["analytic"], rel=0.02)
 
 
 def test_peak_cli(capsys):
-    assert compute.measure_peak(torch.float32, n=128, seconds=0.05) > 0
-    assert compute.main_peak(["--json", "--n", "128", "--seconds", "0.05"]) == 0
+    assert measure.measure_peak(torch.float32, n=128, seconds=0.05) > 0
+    assert cli(["peak", "--json", "--n", "128", "--seconds", "0.05"]) == 0
     peaks = json.loads(capsys.readouterr().out)["flops_per_s"]
     assert peaks["bf16"] > 0 and peaks["fp32"] > 0
 
 
 def test_bench_train_quick(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "eval" / "bench_train.py"), "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "eval" / "bench_train.py"), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr
     ratios = [l for l in proc.stdout.splitlines() if l.startswith("ratio BPTT/DB")]
     assert len(ratios) == 7 and all(re.search(r": [\d.]+x$", l) for l in ratios)

@@ -1,18 +1,29 @@
 """KV cache for greedy decoding: same tokens and logits as recomputing the whole sequence with
 the same per-position random draws, at a fraction of the core work."""
+
 import pytest
 import torch
 
 from huginn_db.model import KVCache, ModelConfig, RecurrentDepthLM
-from huginn_db.objectives import (BPTTConfig, BPTTObjective, DiffusionBlocksConfig,
-                                  DiffusionBlocksObjective, generate, greedy_tokens)
+from huginn_db.objectives import generate, greedy_tokens
+from huginn_db.objectives.bptt import BPTTConfig, BPTTObjective
+from huginn_db.objectives.diffusion_blocks import DiffusionBlocksConfig, DiffusionBlocksObjective
 
-TINY = dict(vocab_size=50, hidden=32, heads=4, mlp_hidden=64, prelude_layers=1, core_layers=2,
-            coda_layers=1, context=32, init_recurrence=4)
+TINY = dict(
+    vocab_size=50,
+    hidden=32,
+    heads=4,
+    mlp_hidden=64,
+    prelude_layers=1,
+    core_layers=2,
+    coda_layers=1,
+    context=32,
+    init_recurrence=4,
+)
 
 
 def _bptt():
-    return BPTTObjective(BPTTConfig(mean_recurrence=3)), RecurrentDepthLM(ModelConfig(**TINY)).eval()
+    return BPTTObjective(BPTTConfig(mean_recurrence=3, backprop_depth=2)), RecurrentDepthLM(ModelConfig(**TINY)).eval()
 
 
 def _db(sampler="euler"):

@@ -3,11 +3,21 @@ import pytest
 import torch
 
 from huginn_db.model import ModelConfig, RecurrentDepthLM
-from huginn_db.objectives import (BPTTConfig, BPTTObjective, DiffusionBlocksConfig,
-                                  DiffusionBlocksObjective, generate, sample_recurrence)
+from huginn_db.objectives import generate
+from huginn_db.objectives.bptt import BPTTConfig, BPTTObjective, sample_recurrence
+from huginn_db.objectives.diffusion_blocks import DiffusionBlocksConfig, DiffusionBlocksObjective
 
-TINY = dict(vocab_size=50, hidden=32, heads=4, mlp_hidden=64, prelude_layers=1, core_layers=2,
-            coda_layers=1, context=16, init_recurrence=4)
+TINY = dict(
+    vocab_size=50,
+    hidden=32,
+    heads=4,
+    mlp_hidden=64,
+    prelude_layers=1,
+    core_layers=2,
+    coda_layers=1,
+    context=16,
+    init_recurrence=4,
+)
 
 
 def _batch(B=4, T=12):
@@ -105,17 +115,18 @@ def test_db_inference_is_deterministic_for_a_seed():
 
 def test_generate_stops_at_eos_and_pads_after():
     model = RecurrentDepthLM(ModelConfig(**TINY)).eval()
-    obj = BPTTObjective(BPTTConfig(mean_recurrence=2))
+    obj = BPTTObjective(BPTTConfig(mean_recurrence=2, backprop_depth=1))
     ids = _batch()["input_ids"][:, :4]
     out = generate(obj, model, ids, max_new_tokens=5, eos_id=2, num_steps=2)
     assert out.shape[0] == 4 and out.shape[1] <= 5
     for row in out.tolist():
         if 2 in row:
-            assert all(t == 2 for t in row[row.index(2):])
+            assert all(t == 2 for t in row[row.index(2) :])
 
 
 def test_activation_checkpointing_gives_the_same_gradients_and_counts_the_recompute():
-    from huginn_db.compute import measure_step_flops, train_flops
+    from huginn_db.compute import train_flops
+    from huginn_db.measure import measure_step_flops
 
     cfg = BPTTConfig(mean_recurrence=4, backprop_depth=2)
     grads, flops = [], []
@@ -129,7 +140,9 @@ def test_activation_checkpointing_gives_the_same_gradients_and_counts_the_recomp
         model.zero_grad()
         flops.append(measure_step_flops(model, BPTTObjective(cfg), _batch(), 1))
         B, T = _batch()["input_ids"].shape
-        assert flops[-1] == pytest.approx(train_flops(mc, cfg, B, T, r=stats["r"], checkpoint_core=ckpt)["total"], rel=0.02)
+        assert flops[-1] == pytest.approx(
+            train_flops(mc, cfg, B, T, r=stats["r"], checkpoint_core=ckpt)["total"], rel=0.02
+        )
     assert grads[0].keys() == grads[1].keys()
     assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
     assert flops[1] > flops[0]  # the recompute is real and counted
@@ -137,7 +150,8 @@ def test_activation_checkpointing_gives_the_same_gradients_and_counts_the_recomp
 
 @pytest.mark.parametrize("name", ["bptt", "diffusion_blocks"])
 def test_chunked_cross_entropy_gives_the_same_loss_and_gradients_and_counts_the_head_recompute(name):
-    from huginn_db.compute import measure_saved_activations, measure_step_flops, train_flops
+    from huginn_db.compute import train_flops
+    from huginn_db.measure import measure_saved_activations, measure_step_flops
 
     cfg = BPTTConfig(mean_recurrence=4, backprop_depth=2) if name == "bptt" else DiffusionBlocksConfig(num_bands=4)
     make = BPTTObjective if name == "bptt" else DiffusionBlocksObjective

@@ -1,4 +1,5 @@
 """The report's depth benchmark section, from hand-made run directories (no training)."""
+
 import json
 import re
 
@@ -19,11 +20,26 @@ def _run(root, objective: str, seed: int, acc: dict, family: str = "modsum", tra
     cfg.data.reasoning.train_difficulties = list(trained)
     cfg.data.reasoning.test_difficulties = sorted(acc)
     (run / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
-    rows = [{"step": s, "loss": 2.0 / s, "tokens": 100 * s, "flops": 1e9 * s * (3 if objective == "bptt" else 1),
-             "seconds": 0.1, "elapsed": 0.1 * s, "peak_memory_bytes": 2**20} for s in (10, 20)]
+    rows = [
+        {
+            "step": s,
+            "loss": 2.0 / s,
+            "tokens": 100 * s,
+            "flops": 1e9 * s * (3 if objective == "bptt" else 1),
+            "seconds": 0.1,
+            "elapsed": 0.1 * s,
+            "peak_memory_bytes": 2**20,
+        }
+        for s in (10, 20)
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    scores = {str(K): {f"reasoning_{family}_d{d}": {"exact_match,none": row[K], "exact_match_stderr,none": 0.01}
-                       for d, row in acc.items()} for K in next(iter(acc.values()))}
+    scores = {
+        str(K): {
+            f"reasoning_{family}_d{d}": {"exact_match,none": row[K], "exact_match_stderr,none": 0.01}
+            for d, row in acc.items()
+        }
+        for K in next(iter(acc.values()))
+    }
     (run / "eval" / "lm_eval.json").write_text(json.dumps({"tasks": [], "scores": scores}))
     return run
 
@@ -34,8 +50,12 @@ def _acc(base: float, slope: float) -> dict:
 
 
 def test_depth_matrix_and_gain(tmp_path):
-    run = {"scores": json.loads(_run(tmp_path, "bptt", 0, _acc(0.5, 0.02)).joinpath("eval/lm_eval.json").read_text())["scores"],
-           "cfg": {"data": {"reasoning": {"train_difficulties": [1, 2, 3]}}}}
+    run = {
+        "scores": json.loads(_run(tmp_path, "bptt", 0, _acc(0.5, 0.02)).joinpath("eval/lm_eval.json").read_text())[
+            "scores"
+        ],
+        "cfg": {"data": {"reasoning": {"train_difficulties": [1, 2, 3]}}},
+    }
     mat = depth_matrix(run)
     assert sorted(mat) == [1, 2, 3, 4, 5] and sorted(mat[4]) == [1, 2, 4, 16]
     s = depth_summary(run)

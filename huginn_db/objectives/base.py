@@ -1,0 +1,88 @@
+"""What every training objective provides, and the helpers they share.
+
+An objective trains the looped model one way and says how inference runs at a chosen depth.
+Besides `loss` / `logits` / `noise` it describes its own cost to the analytic accounting in
+`huginn_db.compute` (core iterations with and without gradient, σ evaluations, inference
+evaluations), so compute, compare, bench and lm-eval need no per-objective code.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+
+def unwrap(model):
+    return getattr(model, "module", model)  # a DeepSpeed engine wraps the nn.Module
+
+
+def seed_of(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+class Objective:
+    """Base class; subclasses register with `huginn_db.objectives.register`."""
+
+    name: ClassVar[str]  # the recipe's objective.name and its config section
+    short: ClassVar[str]  # label in tables and plots
+    color: ClassVar[str] = "tab:gray"  # plot colour
+    config: ClassVar[type]  # its config dataclass (objective.<name> in a recipe)
+    sigma_conditioning: ClassVar[bool] = False  # the model carries AdaLN σ-conditioning
+    # lm-eval: how log-likelihoods are scored (the first is the default) and the samplers it takes
+    scores: ClassVar[tuple[str, ...]] = ("recurrence",)
+    samplers: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, cfg, seed: int = 0):
+        self.cfg, self.seed = cfg, seed
+
+    @property
+    def default_num_steps(self) -> int:
+        """Test-time loop iterations when none are asked for."""
+        raise NotImplementedError
+
+    def loss(self, model, batch, step: int, slot: int = 0) -> tuple[torch.Tensor, dict]:
+        """One training micro-step: (scalar loss, stats). `slot` is the global micro-batch
+        index (step·grad_accum + micro)·world + rank. stats["r"], when present, is the number of
+        core iterations this step ran (the FLOP accounting charges it)."""
+        raise NotImplementedError
+
+    def noise(self, model, batch: int, length: int, generator=None) -> torch.Tensor:
+        """Each position's random start (B, length, h), CPU float32."""
+        raise NotImplementedError
+
+    def logits(
+        self, model, input_ids, num_steps: int | None = None, generator=None, noise=None, cache=None, **kw
+    ) -> torch.Tensor:
+        """Inference at `num_steps` loop iterations."""
+        raise NotImplementedError
+
+    # --- analytic cost (huginn_db.compute) ---------------------------------------------------
+
+    @staticmethod
+    def core_iterations(cfg, r: int | None = None) -> tuple[float, float]:
+        """(core iterations with gradient, without) of one training step; r: the drawn depth,
+        None: the expectation over the objective's depth law."""
+        raise NotImplementedError
+
+    @staticmethod
+    def saved_core_iterations(cfg) -> int:
+        """Core iterations whose activations autograd keeps for the backward."""
+        raise NotImplementedError
+
+    @staticmethod
+    def sigma_evaluations(cfg, batch: int, seq: int) -> int:
+        """σ values a training step conditions on (AdaLN evaluations); 0 without σ-conditioning."""
+        return 0
+
+    @staticmethod
+    def decode_evaluations(cfg, num_steps: int, sampler: str | None = None) -> int:
+        """Inference: evaluations of coda + head per new token at `num_steps` iterations. 0 for a
+        latent recurrence (the core loops, coda and head run once at the end)."""
+        return 0
+
+    @staticmethod
+    def draw_iterations(cfg, step: int, seed: int = 0) -> int | None:
+        """The core iterations `loss` runs at `step` (None: always one pass)."""
+        return None

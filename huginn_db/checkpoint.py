@@ -9,6 +9,7 @@ renamed to <tag>/ and only then named in `latest` (itself replaced atomically). 
 moment therefore leaves either the previous checkpoint or the new complete one; a truncated or
 altered file fails the manifest check on load and the next older complete checkpoint is used.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,24 +19,20 @@ import logging
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import torch
 import yaml
 
 from huginn_db.config import RunConfig, from_dict
+from huginn_db.errors import CheckpointError, ConfigError
 from huginn_db.model import RecurrentDepthLM
-
+from huginn_db.objectives import build_objective
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 TMP_PREFIX = ".tmp-"
-
-
-class CheckpointError(RuntimeError):
-    """No usable checkpoint to read, or one could not be written (the CLI exits 4)."""
 
 
 def _sha256(path: Path) -> str:
@@ -63,8 +60,11 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def write_manifest(tag_dir: Path, meta: dict) -> None:
-    files = {str(p.relative_to(tag_dir)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-             for p in sorted(tag_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    files = {
+        str(p.relative_to(tag_dir)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(tag_dir.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
     write_atomic(tag_dir / MANIFEST, json.dumps({**meta, "files": files}, indent=1))
 
 
@@ -108,8 +108,9 @@ def _latest(ckpt: Path) -> str | None:
 
 def checkpoint_tags(ckpt: Path, named: str | None) -> list[str]:
     """Resume candidates, best first: `named` (the tag in `latest`), then every stepN/ newest first."""
-    tags = sorted((p.name for p in ckpt.glob("step*") if p.is_dir() and tag_step(p.name) is not None),
-                  key=tag_step, reverse=True)
+    tags = sorted(
+        (p.name for p in ckpt.glob("step*") if p.is_dir() and tag_step(p.name) is not None), key=tag_step, reverse=True
+    )
     if named in tags:
         tags.remove(named)
         tags.insert(0, named)
@@ -188,8 +189,6 @@ def consolidated_state_dict(run_dir: str | Path, tag: str | None = None) -> dict
 
 def load_run(run_dir: str | Path, tag: str | None = None):
     """(RunConfig, RecurrentDepthLM in eval mode, objective) from a run or export directory."""
-    from huginn_db.train import build_objective
-
     run = Path(run_dir)
     cfg = read_config(run)
     model = RecurrentDepthLM(cfg.model)
@@ -200,7 +199,7 @@ def load_run(run_dir: str | Path, tag: str | None = None):
     else:
         state = consolidated_state_dict(run, tag)
     model.load_state_dict(state)
-    return cfg, model.eval(), build_objective(cfg)
+    return cfg, model.eval(), build_objective(cfg.objective.name, cfg.objective_config(), cfg.seed)
 
 
 def export(run_dir: str | Path, out: str | Path, tag: str | None = None) -> Path:
@@ -228,12 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         path = export(args.run_dir, args.out, args.tag)
-    except (FileNotFoundError, KeyError, RuntimeError) as err:  # CheckpointError is a RuntimeError
-        print(f"huginn-db: error: {err}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, KeyError, CheckpointError) as err:  # a missing or damaged checkpoint is bad input here
+        raise ConfigError(str(err).strip("'\"")) from None
     print(path)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,5 @@
 """Answer accuracy on the embedded reasoning test set, per difficulty and test-time depth."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -6,20 +7,29 @@ from collections import defaultdict
 import torch
 
 from huginn_db.data.reasoning import ReasoningCorpus, score
-from huginn_db.objectives import generate
+from huginn_db.objectives.decoding import generate
 
 
 @torch.no_grad()
-def reasoning_accuracy(objective, model, corpus: ReasoningCorpus, num_steps: list[int],
-                       batch_size: int = 500, seed: int = 0, device="cpu",
-                       limit: int | None = None) -> dict[str, dict[str, float]]:
+def reasoning_accuracy(
+    objective,
+    model,
+    corpus: ReasoningCorpus,
+    num_steps: list[int],
+    batch_size: int = 500,
+    seed: int = 0,
+    device="cpu",
+    limit: int | None = None,
+) -> dict[str, dict[str, float]]:
     """{str(K): {'d1': acc, …, 'mean': acc}} for each test-time iteration count K.
 
     Prompts are grouped by token length so batches need no padding; decoding is greedy and,
     for DiffusionBlocks, seeded (the sampler starts from noise).
     """
     tok = corpus.tokenizer
-    examples = corpus.test_set(min(limit, corpus.cfg.test_examples) if limit else None)  # the first `limit` per difficulty
+    examples = corpus.test_set(
+        min(limit, corpus.cfg.test_examples) if limit else None
+    )  # the first `limit` per difficulty
     max_new = max(len(ex["answer"]) for ex in examples) + 1  # and EOS
     groups = defaultdict(list)
     for i, ex in enumerate(examples):
@@ -42,8 +52,9 @@ def reasoning_accuracy(objective, model, corpus: ReasoningCorpus, num_steps: lis
 
 
 @torch.no_grad()
-def text_validation(objective, model, corpus, num_steps: list[int], batch_size: int, max_batches: int,
-                    seed: int = 0, device="cpu") -> dict[str, dict[str, float]]:
+def text_validation(
+    objective, model, corpus, num_steps: list[int], batch_size: int, max_batches: int, seed: int = 0, device="cpu"
+) -> dict[str, dict[str, float]]:
     """{str(K): {'loss': nats/token, 'ppl': e^loss}} on held-out packed text at each depth K.
 
     For DiffusionBlocks these are the logits of the last denoiser evaluation of a K-step
@@ -58,8 +69,9 @@ def text_validation(objective, model, corpus, num_steps: list[int], batch_size: 
         nll, n = 0.0, 0
         for b in batches:
             logits = objective.logits(model, b["input_ids"].to(device), K, generator=g)
-            nll += torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), b["target_ids"].to(device).flatten(),
-                                                     reduction="sum").item()
+            nll += torch.nn.functional.cross_entropy(
+                logits.float().flatten(0, 1), b["target_ids"].to(device).flatten(), reduction="sum"
+            ).item()
             n += b["target_ids"].numel()
         out[str(K)] = {"loss": nll / n, "ppl": float(torch.tensor(nll / n).exp())}
     model.train(was_training)
@@ -73,3 +85,29 @@ def format_accuracy_table(acc: dict[str, dict[str, float]]) -> str:
     for K, row in acc.items():
         lines.append(f"{K:>5} | " + " | ".join(f"{row[c]:.3f}" for c in cols))
     return "\n".join(lines)
+
+
+def evaluate(
+    cfg, objective, model, corpus, device, num_steps: list[int] | None = None, examples: int | None = None
+) -> dict:
+    """The trainer's scores per test-time depth: answer accuracy (reasoning) or validation loss
+    (text). `examples` caps the reasoning test set per difficulty (in-training evaluation)."""
+    num_steps = num_steps or cfg.eval.num_steps
+    if cfg.data.name == "text":
+        return {
+            "validation": text_validation(
+                objective,
+                model,
+                corpus,
+                num_steps,
+                cfg.train.micro_batch_size,
+                cfg.eval.max_val_batches,
+                seed=cfg.seed,
+                device=device,
+            )
+        }
+    return {
+        "accuracy": reasoning_accuracy(
+            objective, model, corpus, num_steps, cfg.eval.batch_size, seed=cfg.seed, device=device, limit=examples
+        )
+    }

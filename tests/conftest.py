@@ -1,4 +1,7 @@
+import json
 import os
+import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -6,6 +9,52 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
+
+
+# --- helpers shared by the test modules ---------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env() -> dict[str, str]:
+    """The environment minus a launcher's rank variables, for a child that starts its own world."""
+    return {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+
+
+def train_command(args: list[str], nproc: int = 1) -> list[str]:
+    """`python -m huginn_db.train ARGS`, or the same module under DeepSpeed's launcher on nproc ranks."""
+    if nproc == 1:
+        return [sys.executable, "-m", "huginn_db.train", *args]
+    return [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_accelerators",
+        str(nproc),
+        "--master_port",
+        str(free_port()),
+        "--module",
+        "huginn_db.train",
+        *args,
+    ]
+
+
+def metrics(run: Path) -> list[dict]:
+    """A run's metrics.jsonl records."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def snapshot(root: Path):
+    """Every file under root: (bytes, mtime), so an unchanged run compares equal."""
+    if not root.exists():
+        return None
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -33,8 +82,12 @@ def one_thread():
 
 
 def pytest_addoption(parser):
-    parser.addoption("--regen-golden", action="store_true", default=False,
-                     help="rewrite tests/assets/losses/*.txt from this run instead of comparing (also: HUGINN_DB_REGEN_GOLDEN=1)")
+    parser.addoption(
+        "--regen-golden",
+        action="store_true",
+        default=False,
+        help="rewrite tests/assets/losses/*.txt from this run instead of comparing (also: HUGINN_DB_REGEN_GOLDEN=1)",
+    )
 
 
 @pytest.fixture

@@ -1,8 +1,7 @@
 """Multi-process DeepSpeed on CPU (gloo): ZeRO stages, loss-curve equivalence, kill/resume, export."""
+
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,29 +11,27 @@ import pytest
 import torch
 
 from huginn_db.checkpoint import consolidated_state_dict, load_run
-from tests.conftest import RECIPES
+from tests.conftest import RECIPES, clean_env, metrics, train_command
 
 pytestmark = pytest.mark.slow
 
-TINY = ["model.hidden=64", "model.mlp_hidden=128", "data.reasoning.test_examples=10",
-        "data.reasoning.test_difficulties=[1,2]", "eval.num_steps=[1,2]", "objective.bptt.mean_recurrence=4",
-        "train.warmup_steps=2", "train.log_every=1", "train.precision=fp32", "train.threads=1"]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+TINY = [
+    "model.hidden=64",
+    "model.mlp_hidden=128",
+    "data.reasoning.test_examples=10",
+    "data.reasoning.test_difficulties=[1,2]",
+    "eval.num_steps=[1,2]",
+    "objective.bptt.mean_recurrence=4",
+    "train.warmup_steps=2",
+    "train.log_every=1",
+    "train.precision=fp32",
+    "train.threads=1",
+]
 
 
 def launch(objective: str, run: Path, *overrides: str, nproc: int = 1, wait: bool = True):
     args = [str(RECIPES / f"demo-{objective}.yaml"), f"run_dir={run}", *TINY, *overrides]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "huginn_db.train", *args]
-    else:
-        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", str(nproc),
-               "--master_port", str(_port()), "--module", "huginn_db.train", *args]
+    env, cmd = clean_env(), train_command(args, nproc)
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -42,14 +39,19 @@ def launch(objective: str, run: Path, *overrides: str, nproc: int = 1, wait: boo
     return proc
 
 
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.mark.parametrize("objective,stage", [("db", "3"), ("bptt", "3"), ("db", "1"), ("bptt", "2"), ("db", "2-offload")])
+@pytest.mark.parametrize(
+    "objective,stage", [("db", "3"), ("bptt", "3"), ("db", "1"), ("bptt", "2"), ("db", "2-offload")]
+)
 def test_two_process_zero(objective, stage, tmp_path):
     run = tmp_path / "run"
-    launch(objective, run, "train.max_steps=4", "train.micro_batch_size=8", f"deepspeed=deepspeed/zero{stage}.json", nproc=2)
+    launch(
+        objective,
+        run,
+        "train.max_steps=4",
+        "train.micro_batch_size=8",
+        f"deepspeed=deepspeed/zero{stage}.json",
+        nproc=2,
+    )
     rows = metrics(run)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert rows[-1]["tokens"] == 4 * 2 * 8 * rows[0]["tokens"] // (2 * 8)  # both ranks counted
@@ -77,8 +79,12 @@ def test_two_process_loss_curve_matches_one_process(tmp_path):
 
 @pytest.mark.parametrize("stage", [0, 3])
 def test_killed_run_resumes_to_identical_result(stage, tmp_path):
-    common = ["train.max_steps=12", "train.micro_batch_size=8", "train.save_every=4",
-              f"deepspeed=deepspeed/zero{stage}.json"]
+    common = [
+        "train.max_steps=12",
+        "train.micro_batch_size=8",
+        "train.save_every=4",
+        f"deepspeed=deepspeed/zero{stage}.json",
+    ]
     full, killed = tmp_path / "full", tmp_path / "killed"
     launch("bptt", full, *common)
 
@@ -104,8 +110,12 @@ def test_killed_run_resumes_to_identical_result(stage, tmp_path):
 def test_export_to_safetensors_loads_without_deepspeed(tmp_path):
     run, out = tmp_path / "run", tmp_path / "export"
     launch("db", run, "train.max_steps=2", "train.micro_batch_size=4")
-    proc = subprocess.run([sys.executable, "-m", "huginn_db.cli", "export", str(run), "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "huginn_db.cli", "export", str(run), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (out / "model.safetensors").is_file() and (out / "config.yaml").is_file()
     _, from_export, obj = load_run(out)
@@ -122,8 +132,9 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
     common = ["train.max_steps=400", "train.micro_batch_size=8"]
     proc = launch("db", run, *common, wait=False)
     deadline = time.time() + 300
-    while (not (run / "metrics.jsonl").is_file() or len((run / "metrics.jsonl").read_text().splitlines()) < 3) \
-            and time.time() < deadline:
+    while (
+        not (run / "metrics.jsonl").is_file() or len((run / "metrics.jsonl").read_text().splitlines()) < 3
+    ) and time.time() < deadline:
         assert proc.poll() is None
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
@@ -136,8 +147,16 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
 
 def test_non_finite_loss_stops_the_run_with_the_step(tmp_path):
     run = tmp_path / "run"
-    args = [str(RECIPES / "demo-db.yaml"), f"run_dir={run}", *TINY, "train.max_steps=30", "train.micro_batch_size=8",
-            "train.lr=1e30", "train.warmup_steps=1", "train.grad_clip=0"]
+    args = [
+        str(RECIPES / "demo-db.yaml"),
+        f"run_dir={run}",
+        *TINY,
+        "train.max_steps=30",
+        "train.micro_batch_size=8",
+        "train.lr=1e30",
+        "train.warmup_steps=1",
+        "train.grad_clip=0",
+    ]
     proc = subprocess.run([sys.executable, "-m", "huginn_db.train", *args], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "loss (micro-batch 0) became non-finite at step" in proc.stderr

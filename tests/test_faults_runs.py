@@ -5,44 +5,39 @@ one-line message, and that files written before the fault are byte-identical aft
 Exit codes: 0 done, 2 bad input / refused resume, 3 non-finite past the skip policy,
 4 checkpoint write failed, 5 lost contact with another rank.
 """
-import json
-import os
+
 import resource
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from huginn_db.checkpoint import MANIFEST, consolidated_state_dict, verify
-from tests.conftest import RECIPES
-from tests.test_distributed import TINY, _port, metrics
-from tests.test_faults_input import snapshot
+from tests.conftest import RECIPES, clean_env, free_port, metrics, snapshot, train_command
+from tests.test_distributed import TINY
 
 pytestmark = pytest.mark.slow
 COMMON = [*TINY, "train.micro_batch_size=8"]
-
-
-def _env():
-    return {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
 
 
 def train(run, *overrides, objective="db", preexec_fn=None, prelude=None, nproc=1, timeout=600):
     """One `python -m huginn_db.train` (or a 2-process DeepSpeed launch); returns the process.
     prelude: Python run first in the same interpreter (a fault injected into the real trainer)."""
     args = [str(RECIPES / f"demo-{objective}.yaml"), f"run_dir={run}", *COMMON, *overrides]
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", str(nproc),
-               "--master_port", str(_port()), "--module", "huginn_db.train", *args]
-    elif prelude:
-        cmd = [sys.executable, "-c", prelude + "\nimport sys\nfrom huginn_db.train import main\nsys.exit(main(sys.argv[1:]))", *args]
+    if prelude and nproc == 1:
+        cmd = [
+            sys.executable,
+            "-c",
+            prelude + "\nimport sys\nfrom huginn_db.train import main\nsys.exit(main(sys.argv[1:]))",
+            *args,
+        ]
     else:
-        cmd = [sys.executable, "-m", "huginn_db.train", *args]
-    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn)
+        cmd = train_command(args, nproc)
+    return subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn)
 
 
 def error_line(proc) -> str:
@@ -57,6 +52,7 @@ def ok(proc):
 
 
 # --- 3. checkpoint safety ----------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
@@ -104,8 +100,13 @@ def _no_manifest(run):  # killed between DeepSpeed's writes and the manifest (a 
     return "no manifest.json"
 
 
-DAMAGE = {"truncated_file": _truncate, "flipped_byte": _flip, "latest_garbage": _latest_garbage,
-          "latest_names_missing_tag": _latest_missing, "unfinished_save": _no_manifest}
+DAMAGE = {
+    "truncated_file": _truncate,
+    "flipped_byte": _flip,
+    "latest_garbage": _latest_garbage,
+    "latest_names_missing_tag": _latest_missing,
+    "unfinished_save": _no_manifest,
+}
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
@@ -144,13 +145,13 @@ def test_no_complete_checkpoint_refuses_to_resume_and_changes_nothing(base_run, 
 
 
 def test_export_refuses_a_damaged_tag_and_falls_back_without_one(base_run, tmp_path, capsys):
-    from huginn_db.checkpoint import main as export_main
+    from huginn_db.cli import main as cli
 
     run = _copy(base_run, tmp_path)
     _flip(run)
-    assert export_main([str(run), "--out", str(tmp_path / "out"), "--tag", "step6"]) == 2
+    assert cli(["export", str(run), "--out", str(tmp_path / "out"), "--tag", "step6"]) == 2
     assert "step6: " in capsys.readouterr().err and not (tmp_path / "out" / "model.safetensors").exists()
-    assert export_main([str(run), "--out", str(tmp_path / "out")]) == 0  # newest complete: step4
+    assert cli(["export", str(run), "--out", str(tmp_path / "out")]) == 0  # newest complete: step4
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
@@ -158,6 +159,7 @@ def _file_size_limit(limit: int):
     def apply():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 
@@ -193,7 +195,9 @@ def test_non_finite_loss_is_skipped_up_to_the_policy_then_stops(tmp_path):
     run = tmp_path / "run"
     proc = train(run, "train.max_steps=10", "train.skip_nonfinite=2", *EXPLODE)
     assert proc.returncode == 3
-    assert "became non-finite at step 4 (after skipping 2 step(s), the train.skip_nonfinite=2 allowed)" in error_line(proc)
+    assert "became non-finite at step 4 (after skipping 2 step(s), the train.skip_nonfinite=2 allowed)" in error_line(
+        proc
+    )
     assert proc.stderr.count("update skipped") == 2
     rows = metrics(run)
     assert [r["skipped"] for r in rows] == [0, 1, 2] and rows[1]["loss"] is None
@@ -202,7 +206,7 @@ def test_non_finite_loss_is_skipped_up_to_the_policy_then_stops(tmp_path):
 # finite loss, non-finite gradient: d/dx √x at 0 is inf, times 0 is NaN in every gradient
 NAN_GRAD_AT_STEP_3 = """
 import torch
-from huginn_db import objectives
+from huginn_db.objectives import diffusion_blocks as objectives
 _loss = objectives.DiffusionBlocksObjective.loss
 def loss(self, model, batch, step, slot=0):
     value, stats = _loss(self, model, batch, step, slot)
@@ -216,8 +220,16 @@ objectives.DiffusionBlocksObjective.loss = loss
 @pytest.mark.parametrize("stage", ["0", "2", "3"])
 def test_non_finite_gradient_step_is_skipped_without_touching_the_weights(stage, tmp_path):
     run = tmp_path / "run"
-    ok(train(run, "train.max_steps=4", "train.save_every=1", "train.skip_nonfinite=1",
-             f"deepspeed=deepspeed/zero{stage}.json", prelude=NAN_GRAD_AT_STEP_3))
+    ok(
+        train(
+            run,
+            "train.max_steps=4",
+            "train.save_every=1",
+            "train.skip_nonfinite=1",
+            f"deepspeed=deepspeed/zero{stage}.json",
+            prelude=NAN_GRAD_AT_STEP_3,
+        )
+    )
     rows = metrics(run)
     assert [r["skipped"] for r in rows] == [0, 0, 1, 1]
     assert all(r["loss"] is not None for r in rows)  # the loss itself was finite
@@ -246,16 +258,36 @@ def test_bf16_and_fp32_agree_on_a_short_run(tmp_path):
 
 # --- 5. distributed faults (2 CPU processes) ------------------------------------------------------
 
+
 def test_a_dead_rank_makes_the_other_exit_with_a_message(tmp_path):
-    run, port = tmp_path / "run", _port()
-    args = [str(RECIPES / "demo-db.yaml"), f"run_dir={run}", *COMMON, "train.max_steps=100000", "train.save_every=5",
-            "train.dist_timeout=60"]
+    run, port = tmp_path / "run", free_port()
+    args = [
+        str(RECIPES / "demo-db.yaml"),
+        f"run_dir={run}",
+        *COMMON,
+        "train.max_steps=100000",
+        "train.save_every=5",
+        "train.dist_timeout=60",
+    ]
     procs = []
     for rank in (0, 1):
-        env = {**_env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port)}
-        procs.append(subprocess.Popen([sys.executable, "-m", "huginn_db.train", *args], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        env = {
+            **clean_env(),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "huginn_db.train", *args],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     try:
         deadline = time.time() + 300
         while not (run / "metrics.jsonl").is_file() or len(metrics(run)) < 6:

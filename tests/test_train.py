@@ -1,4 +1,5 @@
 """End-to-end: the real CLI, a real DeepSpeed engine, a run directory, evaluation at several depths."""
+
 import json
 import subprocess
 import sys
@@ -13,18 +14,40 @@ from tests.conftest import RECIPES
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["train.max_steps=60", "train.micro_batch_size=32", "train.warmup_steps=5", "train.log_every=5",
-         "model.hidden=64", "model.mlp_hidden=128", "data.reasoning.test_examples=20",
-         "data.reasoning.test_difficulties=[1,2]", "eval.num_steps=[1,2,4]", "objective.bptt.mean_recurrence=4",
-         "eval.every=30", "eval.every_examples=5", "train.peak_flops=1e11"]
+SMALL = [
+    "train.max_steps=60",
+    "train.micro_batch_size=32",
+    "train.warmup_steps=5",
+    "train.log_every=5",
+    "model.hidden=64",
+    "model.mlp_hidden=128",
+    "data.reasoning.test_examples=20",
+    "data.reasoning.test_difficulties=[1,2]",
+    "eval.num_steps=[1,2,4]",
+    "objective.bptt.mean_recurrence=4",
+    "eval.every=30",
+    "eval.every_examples=5",
+    "train.peak_flops=1e11",
+]
 
 
 @pytest.mark.parametrize("objective", ["db", "bptt"])
 def test_training_lowers_loss_and_model_evaluates_at_several_depths(objective, tmp_path):
     run = tmp_path / objective
     proc = subprocess.run(
-        [sys.executable, "-m", "huginn_db.cli", "train", str(RECIPES / f"demo-{objective}.yaml"), f"run_dir={run}", *SMALL],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "huginn_db.cli",
+            "train",
+            str(RECIPES / f"demo-{objective}.yaml"),
+            f"run_dir={run}",
+            *SMALL,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "d1" in proc.stdout  # the accuracy table is printed
 
@@ -58,8 +81,12 @@ def test_existing_run_dir_is_not_overwritten(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 1}\n')
-    proc = subprocess.run([sys.executable, "-m", "huginn_db.cli", "train", str(RECIPES / "demo-db.yaml"), f"run_dir={run}"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "huginn_db.cli", "train", str(RECIPES / "demo-db.yaml"), f"run_dir={run}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert "already holds a run" in proc.stderr
     assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'
@@ -74,12 +101,30 @@ def test_text_recipe_trains_on_local_text(objective, tmp_path, data_root):
     tok = train_sentencepiece([str(tmp_path / "ts.txt")], 1000, str(tmp_path / "tok"))
     run = tmp_path / objective
     proc = subprocess.run(
-        [sys.executable, "-m", "huginn_db.cli", "train", str(RECIPES / f"text-small-{objective}.yaml"),
-         f"run_dir={run}", f"data.text.data_root={data_root}", f"data.text.tokenizer={tok}",
-         "train.max_steps=30", "train.micro_batch_size=8", "train.warmup_steps=3", "train.log_every=5",
-         "model.hidden=64", "model.mlp_hidden=128", "data.text.seq_len=64", "eval.num_steps=[1,2]",
-         "eval.max_val_batches=2", "objective.bptt.mean_recurrence=3"],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "huginn_db.cli",
+            "train",
+            str(RECIPES / f"text-small-{objective}.yaml"),
+            f"run_dir={run}",
+            f"data.text.data_root={data_root}",
+            f"data.text.tokenizer={tok}",
+            "train.max_steps=30",
+            "train.micro_batch_size=8",
+            "train.warmup_steps=3",
+            "train.log_every=5",
+            "model.hidden=64",
+            "model.mlp_hidden=128",
+            "data.text.seq_len=64",
+            "eval.num_steps=[1,2]",
+            "eval.max_val_batches=2",
+            "objective.bptt.mean_recurrence=3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.5  # from ~ln(1000)=6.9 nats towards unigram

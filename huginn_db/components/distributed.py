@@ -1,0 +1,68 @@
+"""Process group set-up, one-number collectives, communication failures, preemption signals."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import socket
+
+import torch
+
+
+def init_distributed(timeout: float = 1800.0) -> None:
+    """Lets a bare `python -m huginn_db.train` run as a world of one (no launcher, no MPI).
+
+    timeout: seconds a collective waits for the other ranks before it raises (train.dist_timeout).
+    """
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(
+            RANK="0",
+            LOCAL_RANK="0",
+            WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=os.environ.get("MASTER_PORT", str(port)),
+        )
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(
+            dist_backend="nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(seconds=timeout)
+        )
+
+
+def agree(value: float, op=torch.distributed.ReduceOp.MAX, device: torch.device | str = "cpu") -> float:
+    """All ranks' reduction of one number (a collective; a CUDA tensor under NCCL)."""
+    t = torch.tensor(float(value), dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t, op=op)
+    return t.item()
+
+
+def comm_failure(err: BaseException) -> bool:
+    """Whether an exception is a failed collective (a dead or silent rank)."""
+    text = str(err)
+    return isinstance(err, torch.distributed.DistError) or any(
+        m in text for m in ("gloo", "Connection closed", "Connection reset", "Timed out", "NCCL")
+    )
+
+
+class Preemption:
+    """SIGTERM/SIGINT (cluster preemption, Ctrl-C) ask for a checkpoint at the next step end."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handler(self, signum, frame):
+        self.requested = True
+
+    def agreed(self, device="cpu") -> bool:
+        """True on every rank once any rank was signalled (a collective)."""
+        return bool(agree(self.requested, device=device))
+
+    def restore(self):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)

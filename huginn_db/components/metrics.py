@@ -1,0 +1,111 @@
+"""The run directory and its metrics.jsonl: one JSON object per logged step, written by rank 0."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from huginn_db.components.distributed import agree
+from huginn_db.components.precision import peak_memory_bytes
+from huginn_db.config import RunConfig, to_dict
+from huginn_db.errors import ConfigError
+
+
+def prepare_run_dir(cfg: RunConfig, rank: int) -> Path:
+    """Create the run directory and write config.yaml; refuse to clobber a run unless asked to."""
+    run = Path(cfg.run_dir)
+    if rank == 0:
+        exists = (run / "metrics.jsonl").exists()
+        if exists and not (cfg.overwrite or cfg.resume == "auto"):
+            raise ConfigError(
+                f"run_dir {run} already holds a run; pass resume=auto, overwrite=true or another run_dir="
+            )
+        if cfg.overwrite:
+            shutil.rmtree(run / "checkpoints", ignore_errors=True)
+            (run / "metrics.jsonl").unlink(missing_ok=True)
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "metrics.jsonl").touch()
+        (run / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return run
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop records past `step`: a killed run may have logged steps its last checkpoint lacks."""
+    keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]  # noqa: E741
+    path.write_text("".join(l + "\n" for l in keep))  # noqa: E741
+
+
+class MetricsWriter:
+    """Collects micro-batch losses between log steps; `log` averages them over every rank (a
+    collective) and rank 0 appends the record."""
+
+    def __init__(self, run: Path, rank: int, device, world: int, peak_flops: float | None, start: int):
+        self.rank, self.device, self.world, self.peak_flops = rank, device, world, peak_flops
+        if rank == 0:
+            truncate_metrics(run / "metrics.jsonl", start)
+        self.file = (run / "metrics.jsonl").open("a") if rank == 0 else None
+        self.losses: list[float] = []
+        self.rss_before = peak_memory_bytes(device)  # CPU: what model, engine and data already hold
+        self.t_start = time.perf_counter()
+
+    def add_loss(self, loss: float) -> None:
+        if math.isfinite(loss):  # a skipped step's finite loss is still logged
+            self.losses.append(loss)
+
+    def log(
+        self,
+        engine,
+        step: int,
+        tokens: int,
+        flops: float,
+        seconds: float,
+        step_tokens: int,
+        step_flops: float,
+        skipped: int,
+        stats: dict,
+    ) -> dict | None:
+        total = agree(sum(self.losses), torch.distributed.ReduceOp.SUM, self.device)
+        count = agree(len(self.losses), torch.distributed.ReduceOp.SUM, self.device)
+        self.losses = []
+        if self.rank != 0:
+            return None
+        peak = peak_memory_bytes(self.device)
+        rec = {
+            "step": step,
+            "loss": total / count if count else None,
+            "tokens": tokens,
+            "flops": flops,
+            "seconds": seconds,
+            "tokens_per_s": step_tokens / seconds,
+            "elapsed": self.elapsed(),
+            "lr": engine.get_lr()[0],
+            "peak_memory_bytes": peak,
+            "peak_memory_delta_bytes": peak - self.rss_before,
+            "skipped": skipped,
+            **stats,
+        }
+        grad_norm = engine.get_global_grad_norm()
+        if grad_norm is not None and math.isfinite(float(grad_norm)):
+            rec["grad_norm"] = float(grad_norm)
+        if self.peak_flops:  # model FLOPs utilisation of this step, per rank
+            rec["mfu"] = step_flops / self.world / seconds / self.peak_flops
+        self.write(rec)
+        return rec
+
+    def write(self, rec: dict) -> None:
+        if self.file:
+            self.file.write(json.dumps(rec) + "\n")
+            self.file.flush()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t_start
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()

@@ -1,0 +1,32 @@
+"""Precision choice and memory probes."""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+from pathlib import Path
+
+import torch
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls beat fp32 here: CUDA, or a CPU with native bf16 dot products."""
+    if device.type == "cuda":
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_context(precision: str, device: torch.device):
+    use_bf16 = precision == "bf16" or (precision == "auto" and fast_bf16(device))
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: peak allocated by torch; CPU: the process's peak resident set size."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB

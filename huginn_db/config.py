@@ -4,11 +4,13 @@
 
 Unknown keys and wrong types fail before any work starts, naming the key.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,78 +18,152 @@ from pathlib import Path
 
 import yaml
 
+from huginn_db.configdoc import keys
 from huginn_db.data.reasoning import ReasoningConfig, build_family
 from huginn_db.data.text import TextConfig
+from huginn_db.errors import ConfigError
 from huginn_db.model import ModelConfig
-from huginn_db.objectives import BPTTConfig, DiffusionBlocksConfig
+from huginn_db.objectives import OBJECTIVES
 
 
-class ConfigError(ValueError):
-    """A recipe or override problem; the CLI prints it as one line and exits 2."""
+def _objective_config() -> type:
+    """`objective:` — the objective to train plus one section per registered objective, so a
+    recipe can carry every objective's settings and a new objective needs no edit here."""
+
+    def post_init(self):
+        if self.name not in OBJECTIVES:
+            raise ValueError(f"name must be {'|'.join(OBJECTIVES)}, got {self.name!r}")
+
+    fields = [("name", str, field(default="diffusion_blocks"))]
+    fields += [(name, obj.config, field(default_factory=obj.config)) for name, obj in OBJECTIVES.items()]
+    cls = dataclasses.make_dataclass("ObjectiveConfig", fields, namespace={"__post_init__": post_init})
+    cls.__module__ = __name__
+    cls.__doc__ = "Which objective trains the model (name), and each objective's settings."
+    # read by `keys` in place of attribute docstrings, which a generated class cannot carry
+    cls.__field_docs__ = {
+        "name": "The objective to train: " + ", ".join(OBJECTIVES) + ".",
+        **{n: (o.__doc__ or "").strip().splitlines()[0] for n, o in OBJECTIVES.items()},
+    }
+    return cls
 
 
-@dataclass
-class ObjectiveConfig:
-    name: str = "diffusion_blocks"  # diffusion_blocks | bptt
-    bptt: BPTTConfig = field(default_factory=BPTTConfig)
-    diffusion_blocks: DiffusionBlocksConfig = field(default_factory=DiffusionBlocksConfig)
+ObjectiveConfig = _objective_config()
 
 
 @dataclass
 class DataConfig:
-    name: str = "reasoning"  # reasoning (embedded, generated) | text (files or hub via datasets)
+    name: typing.Literal["reasoning", "text"] = "reasoning"
+    """reasoning: the embedded, generated depth benchmark; text: files or hub data via datasets."""
     reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)
+    """The depth benchmark's family, difficulties and test set (data.name=reasoning)."""
     text: TextConfig = field(default_factory=TextConfig)
+    """Text files, tokenizer and window (data.name=text)."""
 
 
 @dataclass
 class TrainConfig:
     max_steps: int = 300
-    micro_batch_size: int = 64  # per data-parallel rank
+    """Optimizer steps."""
+    micro_batch_size: int = 64
+    """Sequences per micro-batch per data-parallel rank."""
     grad_accum: int = 1
+    """Micro-batches per optimizer step."""
     lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # cosine decays to lr·min_lr_ratio
+    """Peak learning rate (AdamW)."""
+    min_lr_ratio: float = 0.1
+    """The cosine schedule decays to lr·min_lr_ratio."""
     warmup_steps: int = 20
+    """Linear warm-up steps."""
     weight_decay: float = 0.1
+    """AdamW weight decay on matrices (not embeddings, norms or biases)."""
     beta1: float = 0.9
+    """AdamW β1."""
     beta2: float = 0.95
+    """AdamW β2."""
     grad_clip: float = 1.0
-    # auto: bf16 autocast (fp32 master weights) where the hardware has bf16 matmul (CUDA, or a
-    # CPU with AVX512-BF16/AMX), else fp32 — on an AVX2-only CPU bf16 matmul is ~10× slower
-    precision: str = "auto"  # auto | bf16 | fp32
+    """Gradient-norm clipping (DeepSpeed's gradient_clipping)."""
+    precision: typing.Literal["auto", "bf16", "fp32"] = "auto"
+    """auto: bf16 autocast (fp32 master weights) where the hardware has fast bf16 matmul (CUDA, a
+    CPU with AVX512-BF16/AMX), else fp32 — on an AVX2-only CPU bf16 matmul is ~10× slower."""
     log_every: int = 10
-    save_every: int = 0  # checkpoint every N steps (0: only at the end)
-    threads: typing.Optional[int] = None  # torch intra-op threads on CPU (None: torch default)
-    peak_flops: typing.Optional[float] = None  # per-rank FLOP/s for MFU in metrics (see `huginn-db peak`)
-    # a step whose loss or gradients are non-finite is skipped (no update) up to this many times
-    # in a run; the next one stops the run (exit 3). 0: stop at the first.
+    """Write a metrics.jsonl record every N steps."""
+    save_every: int = 0
+    """Checkpoint every N steps (0: only at the end)."""
+    threads: typing.Optional[int] = None
+    """torch intra-op threads on CPU (None: torch's default)."""
+    peak_flops: typing.Optional[float] = None
+    """Per-rank FLOP/s for MFU in metrics (see `huginn-db peak`)."""
     skip_nonfinite: int = 0
-    # seconds a collective may wait for the other ranks before the run stops (exit 5) instead
-    # of hanging; covers rank 0 evaluating alone at the end, so keep it above that
+    """Steps with a non-finite loss or gradient skipped (no update) before the next one stops the
+    run (exit 3); 0: stop at the first."""
     dist_timeout: float = 1800.0
+    """Seconds a collective waits for the other ranks before the run stops (exit 5) instead of
+    hanging; covers rank 0 evaluating alone at the end, so keep it above that."""
+
+    def __post_init__(self):
+        if min(self.micro_batch_size, self.grad_accum, self.max_steps + 1, self.log_every) < 1:
+            raise ValueError("micro_batch_size, grad_accum and log_every must be >= 1, max_steps >= 0")
+        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
+            raise ValueError(
+                f"need lr > 0 (got {self.lr}), 0 <= min_lr_ratio <= 1 (got {self.min_lr_ratio}) "
+                f"and warmup_steps >= 0 (got {self.warmup_steps})"
+            )
+        if self.skip_nonfinite < 0 or self.save_every < 0 or not self.dist_timeout > 0:
+            raise ValueError("skip_nonfinite and save_every must be >= 0 and dist_timeout > 0")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be auto|bf16|fp32, got {self.precision!r}")
 
 
 @dataclass
 class EvalConfig:
-    num_steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])  # test-time iterations
+    num_steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    """Test-time loop iterations of the end-of-run evaluation ([]: skip it)."""
     batch_size: int = 500
-    max_val_batches: int = 8  # text runs: validation loss over at most this many batches
-    every: int = 0  # in-training evaluation every N steps (0: off), logged to metrics.jsonl
-    every_examples: int = 50  # reasoning examples per difficulty for in-training evaluation
+    """Reasoning problems decoded per batch."""
+    max_val_batches: int = 8
+    """Text runs: validation loss over at most this many batches."""
+    every: int = 0
+    """In-training evaluation every N steps (0: off), logged to metrics.jsonl."""
+    every_examples: int = 50
+    """Reasoning problems per difficulty for the in-training evaluation."""
+
+    def __post_init__(self):
+        if self.num_steps and min(self.num_steps) < 1:
+            raise ValueError(f"num_steps must list test-time iterations >= 1, got {self.num_steps}")
+        if min(self.batch_size, self.max_val_batches, self.every_examples) < 1 or self.every < 0:
+            raise ValueError("batch_size, max_val_batches and every_examples must be >= 1, every >= 0")
 
 
 @dataclass
 class RunConfig:
     run_dir: str = "runs/default"
+    """Where metrics.jsonl, config.yaml, checkpoints/ and eval/ go."""
     seed: int = 0
-    deepspeed: str = "deepspeed/zero0.json"  # relative to the recipe's directory or the CWD
-    overwrite: bool = False  # replace an existing run in run_dir (metrics and checkpoints)
-    resume: str = "never"  # never | auto (continue from run_dir/checkpoints/latest if present)
+    """Seeds the model init, the training stream, σ and r draws (not the test problems)."""
+    deepspeed: str = "deepspeed/zero0.json"
+    """DeepSpeed JSON, relative to the recipe's directory or the CWD."""
+    overwrite: bool = False
+    """Replace an existing run in run_dir (metrics and checkpoints)."""
+    resume: typing.Literal["never", "auto"] = "never"
+    """auto: continue from run_dir/checkpoints/latest if present."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The looped model: prelude, core, coda."""
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    """How the loop is trained."""
     data: DataConfig = field(default_factory=DataConfig)
+    """What it is trained and evaluated on."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimizer, schedule, precision, logging, checkpoints, fault policy."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    """The trainer's own evaluation."""
+
+    def __post_init__(self):
+        if self.resume == "auto" and self.overwrite:
+            raise ValueError(
+                "resume=auto and overwrite=true contradict each other (continue the run, or replace it); pass one"
+            )
+        if self.data.name == "text" and self.data.text.seq_len > self.model.context:
+            raise ValueError(f"data.text.seq_len={self.data.text.seq_len} exceeds model.context={self.model.context}")
 
     def objective_config(self):
         return getattr(self.objective, self.objective.name)
@@ -95,8 +171,14 @@ class RunConfig:
 
 # --- dict → dataclass with checks ------------------------------------------------------------
 
+
 def _check(value, tp, path: str):
     origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{path} must be {'|'.join(map(str, allowed))}, got {value!r}")
+        return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -134,7 +216,17 @@ def from_dict(cls, data: dict, path: str = ""):
             hint = f" (did you mean '{(path + '.' if path else '') + close[0]}'?)" if close else ""
             raise ConfigError(f"unknown key '{full}'{hint}")
         kwargs[key] = _check(value, hints[key], full)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:  # the dataclass's own __post_init__ checks
+        if isinstance(err, ConfigError):
+            raise
+        msg = str(err)
+        first = re.split(r"[ =]", msg, maxsplit=1)[0]
+        if not path:
+            raise ConfigError(msg) from None
+        # "backprop_depth=99 exceeds ..." from objective.bptt reads objective.bptt.backprop_depth=99 ...
+        raise ConfigError(f"{path}.{msg}" if first in names else f"{path}: {msg}") from None
 
 
 def apply_override(data: dict, item: str) -> None:
@@ -155,16 +247,38 @@ def apply_override(data: dict, item: str) -> None:
     node[parts[-1]] = value
 
 
-def load_config(recipe: str | Path, overrides: list[str] = ()) -> RunConfig:
-    path = Path(recipe)
+def _merge(base: dict, child: dict) -> dict:
+    """child over base, section by section."""
+    out = dict(base)
+    for key, value in child.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A recipe's mapping with `base:` (a recipe path, relative to this one) merged under it."""
     if not path.is_file():
-        raise ConfigError(f"recipe not found: {path}")
+        raise ConfigError(f"recipe not found: {path}" + (f" (the base of {seen[-1]})" if seen else ""))
+    if path.resolve() in seen:
+        raise ConfigError(f"recipe {path}: `base:` chain loops back to itself")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a mapping at the top level")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"recipe {path}: base must be a recipe path, got {base!r}")
+    return _merge(read_recipe(path.parent / base, (*seen, path.resolve())), data)
+
+
+def load_config(recipe: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Recipe (with its `base:` chain) + dotted overrides → a checked RunConfig."""
+    path = Path(recipe)
+    data = read_recipe(path)
     for item in overrides:
         apply_override(data, item)
     cfg = from_dict(RunConfig, data)
@@ -188,9 +302,11 @@ def load_config(recipe: str | Path, overrides: list[str] = ()) -> RunConfig:
 # DeepSpeed keys the recipe owns: (JSON key, recipe key, recipe value)
 def _ds_owned(cfg: RunConfig) -> list[tuple[str, str, object]]:
     t = cfg.train
-    return [("train_micro_batch_size_per_gpu", "train.micro_batch_size", t.micro_batch_size),
-            ("gradient_accumulation_steps", "train.grad_accum", t.grad_accum),
-            ("gradient_clipping", "train.grad_clip", t.grad_clip)]
+    return [
+        ("train_micro_batch_size_per_gpu", "train.micro_batch_size", t.micro_batch_size),
+        ("gradient_accumulation_steps", "train.grad_accum", t.grad_accum),
+        ("gradient_clipping", "train.grad_clip", t.grad_clip),
+    ]
 
 
 def check_deepspeed_json(cfg: RunConfig, world_size: int | None = None) -> dict:
@@ -207,76 +323,72 @@ def check_deepspeed_json(cfg: RunConfig, world_size: int | None = None) -> dict:
         raise ConfigError(f"deepspeed: {path} must hold a JSON object")
     for key, ours, value in _ds_owned(cfg):
         if key in ds and ds[key] != value:
-            raise ConfigError(f"deepspeed: {key}={ds[key]} in {path.name} contradicts {ours}={value}; "
-                              f"drop it from the JSON (the recipe sets it) or set {ours}={ds[key]}")
+            raise ConfigError(
+                f"deepspeed: {key}={ds[key]} in {path.name} contradicts {ours}={value}; "
+                f"drop it from the JSON (the recipe sets it) or set {ours}={ds[key]}"
+            )
     if world_size is not None and "train_batch_size" in ds:
         want = cfg.train.micro_batch_size * cfg.train.grad_accum * world_size
         if ds["train_batch_size"] != want:
-            raise ConfigError(f"deepspeed: train_batch_size={ds['train_batch_size']} in {path.name} contradicts "
-                              f"train.micro_batch_size × train.grad_accum × {world_size} ranks = {want}; drop it from the JSON")
+            raise ConfigError(
+                f"deepspeed: train_batch_size={ds['train_batch_size']} in {path.name} contradicts "
+                f"train.micro_batch_size × train.grad_accum × {world_size} ranks = {want}; drop it from the JSON"
+            )
     for key in ("optimizer", "scheduler"):
         if key in ds:
-            raise ConfigError(f"deepspeed: {path.name} has an '{key}' section, but the trainer builds AdamW and the "
-                              f"cosine schedule from train.*; remove '{key}' from the JSON")
+            raise ConfigError(
+                f"deepspeed: {path.name} has an '{key}' section, but the trainer builds AdamW and the "
+                f"cosine schedule from train.*; remove '{key}' from the JSON"
+            )
     if (ds.get("fp16") or {}).get("enabled"):
-        raise ConfigError(f"deepspeed: {path.name} enables fp16, which this trainer does not support; "
-                          f"remove it and use train.precision=bf16")
+        raise ConfigError(
+            f"deepspeed: {path.name} enables fp16, which this trainer does not support; "
+            f"remove it and use train.precision=bf16"
+        )
     if (ds.get("bf16") or {}).get("enabled") and cfg.train.precision == "fp32":
-        raise ConfigError(f"deepspeed: {path.name} enables bf16 but train.precision=fp32; "
-                          f"set train.precision=bf16 or disable bf16 in the JSON")
+        raise ConfigError(
+            f"deepspeed: {path.name} enables bf16 but train.precision=fp32; "
+            f"set train.precision=bf16 or disable bf16 in the JSON"
+        )
     if cfg.model.compile_core and (ds.get("zero_optimization") or {}).get("stage", 0) == 3:
-        raise ConfigError("model.compile_core=true is not supported with ZeRO-3 (its parameter hooks break the "
-                          "compiled graph); use ZeRO 0-2 or model.compile_core=false")
+        raise ConfigError(
+            "model.compile_core=true is not supported with ZeRO-3 (its parameter hooks break the "
+            "compiled graph); use ZeRO 0-2 or model.compile_core=false"
+        )
     return ds
 
 
 def validate(cfg: RunConfig) -> None:
-    m, o, t = cfg.model, cfg.objective, cfg.train
-    if o.name not in ("bptt", "diffusion_blocks"):
-        raise ConfigError(f"objective.name must be bptt|diffusion_blocks, got {o.name!r}")
-    if m.hidden % m.heads or (m.hidden // m.heads) % 2:
-        raise ConfigError(f"model.hidden={m.hidden} must split into model.heads={m.heads} heads of even size")
-    if min(m.prelude_layers, m.coda_layers) < 0 or m.core_layers < 1:
-        raise ConfigError("model: core_layers must be >= 1 and prelude/coda layers >= 0")
-    if o.bptt.mean_recurrence < 1 or o.bptt.backprop_depth < 1:
-        raise ConfigError("objective.bptt: mean_recurrence and backprop_depth must be >= 1")
-    if o.bptt.backprop_depth > o.bptt.mean_recurrence:
-        raise ConfigError(f"objective.bptt.backprop_depth={o.bptt.backprop_depth} exceeds mean_recurrence="
-                          f"{o.bptt.mean_recurrence}; lower backprop_depth (Huginn: 8 of 32)")
-    if m.loss_chunk < 0:
-        raise ConfigError(f"model.loss_chunk must be >= 0 (0: full logits), got {m.loss_chunk}")
-    if m.vocab_size < 2 or m.context < 2:
-        raise ConfigError("model: vocab_size and context must be >= 2")
-    db = o.diffusion_blocks
-    if not 0 < db.sigma_min < db.sigma_max:
-        raise ConfigError(f"objective.diffusion_blocks: need 0 < sigma_min < sigma_max, got {db.sigma_min}, {db.sigma_max}")
-    if db.num_bands < 1 or db.p_std <= 0:
-        raise ConfigError("objective.diffusion_blocks: num_bands must be >= 1 and p_std > 0")
-    if cfg.train.precision not in ("auto", "bf16", "fp32"):
-        raise ConfigError(f"train.precision must be auto|bf16|fp32, got {cfg.train.precision!r}")
-    if min(t.micro_batch_size, t.grad_accum, t.max_steps + 1, t.log_every) < 1:
-        raise ConfigError("train: micro_batch_size, grad_accum and log_every must be >= 1, max_steps >= 0")
-    if not t.lr > 0 or not 0 <= t.min_lr_ratio <= 1 or t.warmup_steps < 0:
-        raise ConfigError(f"train: need lr > 0 (got {t.lr}), 0 <= min_lr_ratio <= 1 (got {t.min_lr_ratio}) "
-                          f"and warmup_steps >= 0 (got {t.warmup_steps})")
-    if t.skip_nonfinite < 0 or t.save_every < 0 or not t.dist_timeout > 0:
-        raise ConfigError("train: skip_nonfinite and save_every must be >= 0 and dist_timeout > 0")
-    if cfg.eval.num_steps and min(cfg.eval.num_steps) < 1:  # [] skips the final evaluation
-        raise ConfigError(f"eval.num_steps must list test-time iterations >= 1, got {cfg.eval.num_steps}")
-    if cfg.resume not in ("never", "auto"):
-        raise ConfigError(f"resume must be never|auto, got {cfg.resume!r}")
-    if cfg.resume == "auto" and cfg.overwrite:
-        raise ConfigError("resume=auto and overwrite=true contradict each other (continue the run, or replace it); pass one")
-    if cfg.data.name not in ("reasoning", "text"):
-        raise ConfigError(f"data.name must be reasoning|text, got {cfg.data.name!r}")
+    """Checks that need more than the dataclasses' own fields (each checks itself on construction)."""
     if cfg.data.name == "reasoning":
         try:
             build_family(cfg.data.reasoning)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-    if cfg.data.name == "text" and cfg.data.text.seq_len > cfg.model.context:
-        raise ConfigError(f"data.text.seq_len={cfg.data.text.seq_len} exceeds model.context={cfg.model.context}")
+
+
+def resolve(cfg: RunConfig, vocab_size: int) -> RunConfig:
+    """The run's config as recorded in config.yaml: the tokenizer decides the vocabulary and the
+    objective whether the model carries σ-conditioning (a copy; `cfg` is not changed)."""
+    model = dataclasses.replace(
+        cfg.model, vocab_size=vocab_size, sigma_conditioning=OBJECTIVES[cfg.objective.name].sigma_conditioning
+    )
+    return dataclasses.replace(cfg, model=model)
 
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def keys_command(argv: list[str]) -> int:
+    """`huginn-db keys [SECTION]`: every recipe key with its type, default and what it does."""
+    prefix = argv[0] if argv and not argv[0].startswith("-") else ""
+    rows = [r for r in keys(RunConfig) if r[0] == prefix or r[0].startswith(prefix + ".") or not prefix]
+    if not rows:
+        raise ConfigError(f"no recipe key or section {prefix!r} (try `huginn-db keys`)")
+    for key, tp, default, doc in rows:
+        if tp == "section":
+            print(f"\n{key}:  {doc}")
+        else:
+            print(f"  {key} ({tp}) = {default!r}\n      {' '.join(doc.split())}")
+    return 0

@@ -15,97 +15,23 @@ keys and values of every attention call (prelude layer, core layer × iteration,
 denoiser evaluation) for the positions already seen, so a pass over new positions attends
 to them without recomputing them; RoPE is applied at the new positions' absolute offsets.
 """
+
 from __future__ import annotations
 
 import functools
 import logging
 import math
-import typing
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from huginn_db.kv_cache import KVCache
+from huginn_db.model_config import AttentionBackend, ModelConfig  # noqa: F401 (re-exported)
+
 log = logging.getLogger(__name__)
 
-
-# ModelConfig.attention's choices. The field itself stays `str` until the recipe loader's type
-# check accepts Literal; __post_init__ checks it against these meanwhile.
-AttentionBackend = typing.Literal["auto", "sdpa", "xformers"]
-
-
-@dataclass
-class ModelConfig:
-    """Shape and numerics of the recurrent-depth transformer (prelude → looped core → coda)."""
-
-    vocab_size: int = 32000
-    """Token vocabulary; the trainer sets it from the tokenizer (recorded in config.yaml)."""
-    hidden: int = 512
-    """Residual width h: heads × an even head size (RoPE rotates pairs of channels)."""
-    heads: int = 8
-    """Attention heads; head size = hidden / heads."""
-    mlp_hidden: int = 2048
-    """Hidden width of the gated-SiLU MLP."""
-    prelude_layers: int = 2
-    """l_P: blocks run once on the embeddings, before the loop."""
-    core_layers: int = 4
-    """l_R: blocks of the weight-shared core, looped every iteration."""
-    coda_layers: int = 2
-    """l_C: blocks run once after the loop, before the tied LM head."""
-    context: int = 256
-    """Longest sequence in tokens (the RoPE table's length)."""
-    rope_base: float = 50_000.0
-    """RoPE frequency base θ."""
-    norm_eps: float = 1e-6
-    """RMSNorm epsilon."""
-    init_recurrence: int = 32
-    """r̄ used by the takase init to size output projections."""
-    sigma_conditioning: bool = False
-    """AdaLN-Zero in core + coda (set by the DB objective)."""
-    sigma_embed_dim: int = 128
-    """Width of the σ embedding behind AdaLN-Zero (cos and sin halves, so even)."""
-    attention: str = "auto"
-    """Attention kernel: auto (xformers on CUDA tensors where importable, else SDPA) | sdpa | xformers."""
-    checkpoint_core: bool = False
-    """BPTT: recompute each grad core iteration in backward instead of keeping its activations
-    (activation checkpointing per iteration, as Huginn trains); costs one more core forward."""
-    loss_chunk: int = 0
-    """Training loss over chunks of this many positions, each chunk's logits recomputed in the
-    backward instead of kept: no B×T×V tensor lives across the step (0: one full-logits pass)."""
-    compile_core: bool = False
-    """torch.compile the core block (the looped part) in training; measured on this repo's CPU:
-    no gain for DB, ~3 % for BPTT, 10–35 s of compile per process — so off by default."""
-
-    def __post_init__(self):
-        # messages name the bare field; the recipe loader prefixes the section ("model.")
-        for name, low in (("vocab_size", 2), ("context", 2), ("heads", 1), ("mlp_hidden", 1),
-                          ("prelude_layers", 0), ("core_layers", 1), ("coda_layers", 0), ("init_recurrence", 1)):
-            if getattr(self, name) < low:
-                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
-        if self.hidden < 2 * self.heads or self.hidden % self.heads or (self.hidden // self.heads) % 2:
-            raise ValueError(f"hidden={self.hidden} must split into heads={self.heads} heads of even size")
-        if not self.rope_base > 0:
-            raise ValueError(f"rope_base must be > 0, got {self.rope_base}")
-        if not self.norm_eps >= 0:
-            raise ValueError(f"norm_eps must be >= 0, got {self.norm_eps}")
-        if self.sigma_embed_dim < 2 or self.sigma_embed_dim % 2:
-            raise ValueError(f"sigma_embed_dim must be even and >= 2 (cos and sin halves), got {self.sigma_embed_dim}")
-        if self.attention not in typing.get_args(AttentionBackend):
-            raise ValueError(f"attention must be {'|'.join(typing.get_args(AttentionBackend))}, got {self.attention!r}")
-        if self.loss_chunk < 0:
-            raise ValueError(f"loss_chunk must be >= 0 (0: full logits), got {self.loss_chunk}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
-    def effective_layers(self, r: int) -> int:
-        return self.prelude_layers + self.core_layers * r + self.coda_layers
-
-
-# --- attention backend ---------------------------------------------------------------------
 
 def xformers_available() -> bool:
     try:
@@ -137,46 +63,9 @@ def _cached_backend(requested: str, device_type: str) -> str:
 
 # --- incremental decoding -----------------------------------------------------------------
 
-class KVCache:
-    """Keys/values of past positions, one entry per attention call of a forward pass.
-
-    A looped model makes prelude_layers + core_layers·r + coda_layers attention calls per pass
-    (DiffusionBlocks: core and coda once per denoiser evaluation). A pass over new positions
-    run at the same depth and with the same sampler makes the same calls in the same order as
-    the pass that filled the cache, so the i-th call of every pass extends entry i: keys and
-    values are cached per (block, loop iteration) without naming either. `encode` opens a pass.
-    """
-
-    _SAME = "cached passes must run at the same depth with the same sampler"
-
-    def __init__(self):
-        self.keys: list[torch.Tensor] = []  # (B, S, H, D) per attention call
-        self.values: list[torch.Tensor] = []
-        self.length = 0  # positions cached, including the current pass's
-        self.offset = 0  # absolute position of the current pass's first token
-        self._call = 0
-
-    def start(self, num_new: int) -> None:
-        if self._call != len(self.keys):
-            raise RuntimeError(f"the previous pass made {self._call} attention calls, the cache holds "
-                               f"{len(self.keys)}: {self._SAME}")
-        self.offset, self.length, self._call = self.length, self.length + num_new, 0
-
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Appends this call's new keys/values; returns all of them (past + new)."""
-        i, self._call = self._call, self._call + 1
-        if i == len(self.keys):
-            if self.offset:
-                raise RuntimeError(f"a pass made more attention calls than the one that filled the cache: {self._SAME}")
-            self.keys.append(k)
-            self.values.append(v)
-        else:
-            self.keys[i] = torch.cat([self.keys[i], k], dim=1)
-            self.values[i] = torch.cat([self.values[i], v], dim=1)
-        return self.keys[i], self.values[i]
-
 
 # --- building blocks -----------------------------------------------------------------------
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
@@ -221,8 +110,9 @@ class Attention(nn.Module):
     def backend(self, device: torch.device) -> str:
         return _cached_backend(self.cfg.attention, device.type)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None
+    ) -> torch.Tensor:
         B, T, _ = x.shape
         H, D = self.cfg.heads, self.cfg.head_dim
         qkv = self.qkv(x)
@@ -318,6 +208,7 @@ class CoreBlock(nn.Module):
 
 # --- the model -----------------------------------------------------------------------------
 
+
 class RecurrentDepthLM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -402,8 +293,9 @@ class RecurrentDepthLM(nn.Module):
         core = self._compiled.get("core", self.core) if cache is None else self.core
         return core(state, e, self.rope_cos, self.rope_sin, cond, cache)
 
-    def decode(self, s: torch.Tensor, cond=None, cache: KVCache | None = None,
-               labels: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(
+        self, s: torch.Tensor, cond=None, cache: KVCache | None = None, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Recurrence output → final norm → coda → final norm → tied head: logits (B, T, V),
         or with `labels` (B, T) the per-position cross-entropy (B, T) in fp32."""
         x = self.ln_f(s)
@@ -426,12 +318,24 @@ class RecurrentDepthLM(nn.Module):
             return _chunk_ce(x.flatten(0, 1), self.wte.weight, labels.flatten()).view_as(labels)
         xs, ls = x.flatten(0, 1).split(chunk), labels.flatten().split(chunk)
         grad = torch.is_grad_enabled()
-        ce = [torch.utils.checkpoint.checkpoint(_chunk_ce, xc, self.wte.weight, lc, use_reentrant=False)
-              if grad else _chunk_ce(xc, self.wte.weight, lc) for xc, lc in zip(xs, ls)]
+        ce = [
+            torch.utils.checkpoint.checkpoint(_chunk_ce, xc, self.wte.weight, lc, use_reentrant=False)
+            if grad
+            else _chunk_ce(xc, self.wte.weight, lc)
+            for xc, lc in zip(xs, ls)
+        ]
         return torch.cat(ce).view_as(labels)
 
-    def recur(self, input_ids, num_steps: int, num_grad_steps: int | None = None, generator=None,
-              state: torch.Tensor | None = None, cache: KVCache | None = None, labels=None):
+    def recur(
+        self,
+        input_ids,
+        num_steps: int,
+        num_grad_steps: int | None = None,
+        generator=None,
+        state: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        labels=None,
+    ):
         """Huginn's loop: num_steps − num_grad_steps iterations without grad, then the rest with.
 
         state: the initial state s₀ (B, T, h); drawn from `generator` when not given.
@@ -467,8 +371,19 @@ class RecurrentDepthLM(nn.Module):
         x_in = (c_in[..., None] * z).to(e.dtype)
         return self.decode(self.core_step(x_in, e, cond, cache), cond, cache, labels)
 
-    def forward(self, input_ids, *, num_steps=None, num_grad_steps=None, generator=None,
-                target_ids=None, sigma=None, noise=None, c_in=None, labels=None):
+    def forward(
+        self,
+        input_ids,
+        *,
+        num_steps=None,
+        num_grad_steps=None,
+        generator=None,
+        target_ids=None,
+        sigma=None,
+        noise=None,
+        c_in=None,
+        labels=None,
+    ):
         """Engine entry point: a recurrent pass (num_steps) or one DiffusionBlocks training pass.
 
         The DB pass builds z = Ê[target] + σ·noise here, inside forward, so that under ZeRO-3

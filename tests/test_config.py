@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import yaml
 
-from huginn_db.config import ConfigError, load_config
+from huginn_db.config import ConfigError, load_config, to_dict
 from huginn_db.configdoc import field_docs
 from huginn_db.data.families import FAMILIES, ChainConfig, CupsConfig, ModSumConfig
 from huginn_db.data.reasoning import ReasoningConfig
@@ -15,37 +15,97 @@ from tests.conftest import RECIPES
 SELF_CHECKING = [ModelConfig, ReasoningConfig, TextConfig, *(family.config for family in FAMILIES.values())]
 
 
-def test_recipes_load_and_demo_pair_differs_only_in_objective():
-    db = yaml.safe_load((RECIPES / "demo-db.yaml").read_text())
-    bptt = yaml.safe_load((RECIPES / "demo-bptt.yaml").read_text())
-    assert db.pop("objective")["name"] == "diffusion_blocks"
-    assert bptt.pop("objective")["name"] == "bptt"
-    db.pop("run_dir"), bptt.pop("run_dir")
-    assert db == bptt
+def test_paired_recipes_inherit_everything_but_the_objective():
+    for pair in ("demo", "depth", "paper-lm1b", "text-small", "huginn-3.5b"):
+        db, bptt = (to_dict(load_config(RECIPES / f"{pair}-{o}.yaml")) for o in ("db", "bptt"))
+        assert yaml.safe_load((RECIPES / f"{pair}-bptt.yaml").read_text())["base"] == f"{pair}-db.yaml"
+        assert db.pop("objective")["name"] == "diffusion_blocks" and bptt.pop("objective")["name"] == "bptt"
+        assert db.pop("run_dir") != bptt.pop("run_dir")
+        assert db == bptt, pair
     cfg = load_config(RECIPES / "demo-db.yaml")
     assert cfg.deepspeed.endswith("recipes/deepspeed/zero0.json")
 
 
+def test_base_recipes_merge_section_by_section(tmp_path):
+    (tmp_path / "a.yaml").write_text(
+        "deepspeed: %s\ntrain: {max_steps: 5, lr: 0.01}\nseed: 3\n" % (RECIPES / "deepspeed" / "zero0.json")
+    )
+    (tmp_path / "b.yaml").write_text("base: a.yaml\ntrain: {max_steps: 7}\n")
+    (tmp_path / "c.yaml").write_text("base: b.yaml\nseed: 4\n")
+    cfg = load_config(tmp_path / "c.yaml", ["train.warmup_steps=2"])
+    assert (cfg.train.max_steps, cfg.train.lr, cfg.train.warmup_steps, cfg.seed) == (7, 0.01, 2, 4)
+    (tmp_path / "loop.yaml").write_text("base: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"recipe not found: .*missing.yaml \(the base of"):
+        load_config(tmp_path / "orphan.yaml")
+
+
+def test_print_config_is_the_resolved_recipe(capsys):
+    from huginn_db.cli import main
+
+    assert main(["train", str(RECIPES / "demo-bptt.yaml"), "--print-config", "train.max_steps=9"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == to_dict(load_config(RECIPES / "demo-bptt.yaml", ["train.max_steps=9"]))
+    assert printed["objective"]["name"] == "bptt" and printed["train"]["max_steps"] == 9
+
+
+def test_every_key_is_listed_with_type_default_and_doc(capsys):
+    from huginn_db.cli import main
+    from huginn_db.config import RunConfig, keys
+
+    rows = keys(RunConfig)
+    leaves = {k for k, tp, _, _ in rows if tp != "section"}
+    assert {
+        "train.lr",
+        "objective.name",
+        "objective.bptt.backprop_depth",
+        "objective.diffusion_blocks.sampler",
+        "data.reasoning.cups.random_start",
+        "model.attention",
+    } <= leaves
+    assert all(doc for _, _, _, doc in rows), [k for k, _, _, d in rows if not d]
+    assert ("model.attention", "auto|sdpa|xformers", "auto") == next(r[:3] for r in rows if r[0] == "model.attention")
+    assert dict((k, d) for k, _, d, _ in rows if k in leaves)["train.max_steps"] == RunConfig().train.max_steps
+    assert main(["keys", "train"]) == 0
+    out = capsys.readouterr().out
+    assert "train.skip_nonfinite (int) = 0" in out and "model." not in out
+    assert main(["keys", "nope"]) == 2
+
+
 def test_dotted_overrides_are_typed():
-    cfg = load_config(RECIPES / "demo-bptt.yaml", [
-        "train.max_steps=7", "run_dir=/tmp/x", "objective.bptt.mean_recurrence=4",
-        "data.reasoning.train_difficulties=[1,2]", "deepspeed=deepspeed/zero3.json", "train.lr=1e-3"])
+    cfg = load_config(
+        RECIPES / "demo-bptt.yaml",
+        [
+            "train.max_steps=7",
+            "run_dir=/tmp/x",
+            "objective.bptt.mean_recurrence=4",
+            "data.reasoning.train_difficulties=[1,2]",
+            "deepspeed=deepspeed/zero3.json",
+            "train.lr=1e-3",
+        ],
+    )
     assert cfg.train.max_steps == 7 and cfg.run_dir == "/tmp/x"
     assert cfg.objective.bptt.mean_recurrence == 4
     assert cfg.data.reasoning.train_difficulties == [1, 2]
     assert cfg.deepspeed.endswith("zero3.json") and cfg.train.lr == 1e-3
 
 
-@pytest.mark.parametrize("override,message", [
-    ("train.max_step=3", "unknown key 'train.max_step' (did you mean 'train.max_steps'?)"),
-    ("train.max_steps=many", "train.max_steps: expected int"),
-    ("model.hidden=100", "model.hidden=100 must split into heads=4"),
-    ("objective.name=adjoint", "objective.name must be bptt|diffusion_blocks"),
-    ("objective.diffusion_blocks.sigma_min=100", "sigma_min < sigma_max"),
-    ("deepspeed=missing.json", "deepspeed: config file not found"),
-    ("train.precision=fp16", "train.precision must be auto|bf16|fp32"),
-    ("maxsteps", "must look like dotted.key=value"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.max_step=3", "unknown key 'train.max_step' (did you mean 'train.max_steps'?)"),
+        ("train.max_steps=many", "train.max_steps: expected int"),
+        ("model.hidden=100", "model.hidden=100 must split into heads=4"),
+        ("objective.name=adjoint", "objective.name must be bptt|diffusion_blocks"),
+        ("objective.diffusion_blocks.sigma_min=100", "sigma_min < sigma_max"),
+        ("deepspeed=missing.json", "deepspeed: config file not found"),
+        ("train.precision=fp16", "train.precision must be auto|bf16|fp32"),
+        ("maxsteps", "must look like dotted.key=value"),
+    ],
+)
 def test_bad_overrides_fail_with_the_key(override, message):
     with pytest.raises(ConfigError) as err:
         load_config(RECIPES / "demo-db.yaml", [override])
@@ -91,8 +151,11 @@ FIELD_FAULTS = [
     (ReasoningConfig, {"train_difficulties": []}, "train_difficulties must be a non-empty list of integers >= 0"),
     (ReasoningConfig, {"train_difficulties": [-1, 2]}, "train_difficulties must be a non-empty list of integers >= 0"),
     (ReasoningConfig, {"test_difficulties": []}, "test_difficulties must be a non-empty list of integers >= 1"),
-    (ReasoningConfig, {"test_difficulties": [0, 1]}, "test_difficulties must be a non-empty list of integers >= 1, "
-                                                     "got [0, 1] (difficulty 0"),
+    (
+        ReasoningConfig,
+        {"test_difficulties": [0, 1]},
+        "test_difficulties must be a non-empty list of integers >= 1, got [0, 1] (difficulty 0",
+    ),
     (ReasoningConfig, {"test_examples": 0}, "test_examples must be >= 1, got 0"),
     (ReasoningConfig, {"test_seed": -1}, "test_seed must be >= 0, got -1"),
     (ReasoningConfig, {"prompt_loss_weight": -0.5}, "prompt_loss_weight must be >= 0, got -0.5"),
@@ -111,8 +174,11 @@ def test_streaming_only_fields_are_free_in_memory():
     TextConfig(val_docs=0, shuffle_buffer=0)  # unused without streaming, as before
 
 
-@pytest.mark.parametrize("cls,kwargs,message", FIELD_FAULTS,
-                         ids=[f"{c.__name__}-{'-'.join(map(str, kw.items()))}" for c, kw, _ in FIELD_FAULTS])
+@pytest.mark.parametrize(
+    "cls,kwargs,message",
+    FIELD_FAULTS,
+    ids=[f"{c.__name__}-{'-'.join(map(str, kw.items()))}" for c, kw, _ in FIELD_FAULTS],
+)
 def test_field_check_names_the_bare_field(cls, kwargs, message):
     with pytest.raises(ValueError) as err:
         cls(**kwargs)

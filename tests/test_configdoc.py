@@ -39,7 +39,10 @@ class Outer:
 
 
 def test_field_docs_reads_attribute_docstrings():
-    assert field_docs(Base) == {"width": "Columns.", "name": "First line.\n\nIndented second paragraph (the common indent is removed)."}
+    assert field_docs(Base) == {
+        "width": "Columns.",
+        "name": "First line.\n\nIndented second paragraph (the common indent is removed).",
+    }
     assert "depth" not in field_docs(Base)  # undocumented: absent
     assert field_docs(Outer.Inner) == {"k": "Nested and indented."}
 

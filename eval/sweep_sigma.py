@@ -5,6 +5,7 @@
 Each point is a full `huginn-db train` run (its own run directory under --out); the table shows
 final training loss and answer accuracy per difficulty at K = the recipe's num_bands.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,13 +39,17 @@ def main() -> int:
             rows.append((pm, seed, final["final_loss"], final["accuracy"]))
     K = args.k
     diffs = [d for d in rows[0][3][K] if d != "mean"]
-    print(f"\n| P_mean | seed | final loss | " + " | ".join(f"{d} (K={K})" for d in diffs)
-          + f" | mean K=1 | mean K={K} |")
+    print(
+        "\n| P_mean | seed | final loss | " + " | ".join(f"{d} (K={K})" for d in diffs) + f" | mean K=1 | mean K={K} |"
+    )
     print("|---" * (5 + len(diffs)) + "|")
     for pm, seed, loss, acc in rows:
         a = acc[K]
-        print(f"| {pm:+.1f} | {seed} | {loss:.4f} | " + " | ".join(f"{a[d]:.2f}" for d in diffs)
-              + f" | {acc['1']['mean']:.3f} | {a['mean']:.3f} |")
+        print(
+            f"| {pm:+.1f} | {seed} | {loss:.4f} | "
+            + " | ".join(f"{a[d]:.2f}" for d in diffs)
+            + f" | {acc['1']['mean']:.3f} | {a['mean']:.3f} |"
+        )
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Tokenizers for text corpora: train a SentencePiece model, load one by spec.
+"""Tokenizers: the reasoning benchmark's character tokenizer, and SentencePiece for text corpora.
 
     huginn-db tokenizer train --input FILE [FILE ...] --vocab-size N --out DIR [--model-type bpe|unigram]
 
@@ -11,16 +11,18 @@ code that pads with 0 or stops at 2 works for either tokenizer.
 A saved tokenizer is a directory holding tokenizer.json ({"type": ...}); `load_tokenizer`
 accepts "reasoning", such a directory, or a SentencePiece .model file.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import sentencepiece as spm
+
+from huginn_db.errors import ConfigError
 
 SPECIAL_IDS = {"pad_id": 0, "bos_id": 1, "eos_id": 2, "unk_id": 3}
 BYTE_PIECES = 256
@@ -41,17 +43,27 @@ def train_sentencepiece(inputs: list[str], vocab_size: int, out_dir: str, model_
     if model_type not in ("bpe", "unigram"):
         raise ValueError(f"model_type must be bpe or unigram, got {model_type!r}")
     if vocab_size < MIN_VOCAB:
-        raise ValueError(f"vocab_size {vocab_size} is too small: byte fallback needs {BYTE_PIECES} pieces "
-                         f"plus {len(SPECIAL_IDS)} specials, so use at least {MIN_VOCAB}")
+        raise ValueError(
+            f"vocab_size {vocab_size} is too small: byte fallback needs {BYTE_PIECES} pieces "
+            f"plus {len(SPECIAL_IDS)} specials, so use at least {MIN_VOCAB}"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
         spm.SentencePieceTrainer.train(
-            input=[str(p) for p in inputs], model_prefix=str(out / "tokenizer"), vocab_size=vocab_size,
-            model_type=model_type, byte_fallback=True, normalization_rule_name="identity",
-            remove_extra_whitespaces=False, split_digits=True, **SPECIAL_IDS,
-            input_sentence_size=MAX_SENTENCES, shuffle_input_sentence=False,  # first N lines: deterministic
-            minloglevel=2)  # the trainer logs hundreds of lines; failures still raise
+            input=[str(p) for p in inputs],
+            model_prefix=str(out / "tokenizer"),
+            vocab_size=vocab_size,
+            model_type=model_type,
+            byte_fallback=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            split_digits=True,
+            **SPECIAL_IDS,
+            input_sentence_size=MAX_SENTENCES,
+            shuffle_input_sentence=False,  # first N lines: deterministic
+            minloglevel=2,
+        )  # the trainer logs hundreds of lines; failures still raise
     except RuntimeError as err:  # e.g. "INTERNAL: src/x.cc(638) [cond] Vocabulary size too high (N) ..."
         reason = re.sub(r"^[A-Z_]+: (\S+\(\d+\) \[.*?\] )?", "", str(err)).strip()
         raise ValueError(f"sentencepiece training failed: {reason}") from None
@@ -66,6 +78,44 @@ def until_eos(ids, eos_id: int) -> list[int]:
             break
         out.append(int(i))
     return out
+
+
+SPECIALS = ["<pad>", "<bos>", "<eos>"]
+ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz=;+-*?"  # ids stay fixed; families append what else they use
+
+
+class CharTokenizer:
+    """Character-level tokenizer: the base alphabet (45 symbols with specials) plus `extra`."""
+
+    name = "reasoning"
+
+    def __init__(self, extra: str = ""):
+        self.itos = SPECIALS + list(ALPHABET) + sorted(set(extra) - set(ALPHABET))
+        self.stoi = {s: i for i, s in enumerate(self.itos)}
+        self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
+
+    @classmethod
+    def from_itos(cls, itos: list[str]) -> "CharTokenizer":
+        tok = cls()
+        if itos[: len(tok.itos)] != tok.itos:
+            raise ValueError("tokenizer.json: its symbols do not start with the reasoning alphabet")
+        return cls("".join(itos[len(tok.itos) :]))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self.stoi[c] for c in text]
+        except KeyError as err:
+            raise ValueError(f"character {err.args[0]!r} is not in the reasoning alphabet") from None
+
+    def decode(self, ids) -> str:
+        return "".join(self.itos[i] for i in until_eos(ids, self.eos_id) if i >= len(SPECIALS))
+
+    def save(self, directory: str | Path) -> None:
+        Path(directory, "tokenizer.json").write_text(json.dumps({"type": self.name, "itos": self.itos}))
 
 
 class SentencePieceTokenizer:
@@ -105,8 +155,6 @@ class SentencePieceTokenizer:
 
 def load_tokenizer(spec: str | Path):
     """`"reasoning"`, a .model file, or a directory with tokenizer.json (as written by save())."""
-    from huginn_db.data.reasoning import CharTokenizer  # imports torch: kept out of the CLI's start-up
-
     if str(spec) == "reasoning":
         return CharTokenizer()
     path = Path(spec)
@@ -126,8 +174,9 @@ def load_tokenizer(spec: str | Path):
         if kind == "sentencepiece":
             return SentencePieceTokenizer(path / meta.get("model", "tokenizer.model"))
         raise ValueError(f"{meta_path}: unknown tokenizer type {kind!r} (expected reasoning or sentencepiece)")
-    raise ValueError(f"unknown tokenizer {str(spec)!r}: expected 'reasoning', a .model file, "
-                     "or a directory holding tokenizer.json")
+    raise ValueError(
+        f"unknown tokenizer {str(spec)!r}: expected 'reasoning', a .model file, or a directory holding tokenizer.json"
+    )
 
 
 def _sample_text(path: str, limit: int = 2000) -> str:
@@ -149,16 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         tok = SentencePieceTokenizer(path)
         tok.save(args.out)
     except ValueError as err:
-        print(f"huginn-db: error: {err}", file=sys.stderr)
-        return 2
+        raise ConfigError(str(err)) from None
     sample = _sample_text(args.input[0])
     ids = tok.encode(sample)
     ok = tok.decode(ids) == sample
     print(path)
-    print(f"round-trip {'ok' if ok else 'FAILED'}: {len(sample)} characters of {args.input[0]} -> {len(ids)} tokens "
-          f"(vocab {tok.vocab_size})")
+    print(
+        f"round-trip {'ok' if ok else 'FAILED'}: {len(sample)} characters of {args.input[0]} -> {len(ids)} tokens "
+        f"(vocab {tok.vocab_size})"
+    )
     return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,32 +4,33 @@ file of an existing run directory changed (issue 6, items 1, 2 and 6).
 Every case runs the real CLI entry point (`huginn_db.train.main`, `huginn-db eval`) in this
 process; the run directory holds a previous run's files, whose bytes and mtimes must survive.
 """
+
 import json
-import os
 import random
 import socket
-import textwrap
 
 import pytest
 import torch
 from lm_eval.api.instance import Instance
 
 from huginn_db import lm_eval as hl
+from huginn_db.cli import main as cli
 from huginn_db.data.reasoning import CharTokenizer
 from huginn_db.tokenizer import train_sentencepiece
 from huginn_db.train import main as train_main
-from tests.conftest import RECIPES
+from tests.conftest import RECIPES, snapshot
 from tests.test_lm_eval import _export
 
-TINY = ["model.hidden=32", "model.heads=4", "model.mlp_hidden=64", "train.max_steps=2", "train.micro_batch_size=4",
-        "train.threads=1", "train.precision=fp32", "eval.num_steps=[1]"]
-
-
-def snapshot(root):
-    """Every file under root: (bytes, mtime), so an unchanged run compares equal."""
-    if not root.exists():
-        return None
-    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+TINY = [
+    "model.hidden=32",
+    "model.heads=4",
+    "model.mlp_hidden=64",
+    "train.max_steps=2",
+    "train.micro_batch_size=4",
+    "train.threads=1",
+    "train.precision=fp32",
+    "eval.num_steps=[1]",
+]
 
 
 @pytest.fixture
@@ -139,8 +140,12 @@ def test_deepspeed_train_batch_size_checked_against_the_world(tmp_path, prior_ru
 
 
 def test_context_shorter_than_the_task_sequences(prior_run, world_of_one, capsys):
-    refused(capsys, demo(prior_run, "model.context=16", "resume=auto"), prior_run,
-            "model.context=16 is shorter than the longest reasoning example")
+    refused(
+        capsys,
+        demo(prior_run, "model.context=16", "resume=auto"),
+        prior_run,
+        "model.context=16 is shorter than the longest reasoning example",
+    )
 
 
 def test_existing_run_is_not_overwritten(prior_run, world_of_one, capsys):
@@ -148,6 +153,7 @@ def test_existing_run_is_not_overwritten(prior_run, world_of_one, capsys):
 
 
 # --- 2. data faults ----------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def spm(tmp_path_factory):
@@ -159,8 +165,16 @@ def spm(tmp_path_factory):
 
 
 def _text(run, spm, path, *extra):
-    return demo(run, "data.name=text", f"data.text.files=[{path}]", f"data.text.tokenizer={spm}",
-                "data.text.seq_len=16", "model.context=16", "resume=auto", *extra)
+    return demo(
+        run,
+        "data.name=text",
+        f"data.text.files=[{path}]",
+        f"data.text.tokenizer={spm}",
+        "data.text.seq_len=16",
+        "model.context=16",
+        "resume=auto",
+        *extra,
+    )
 
 
 def _story(words=40, seed=0):
@@ -173,10 +187,14 @@ DATA_FAULTS = {
     "empty_file": (b"", "data.text: file is empty"),
     "non_utf8": (b"good line\n\xff\xfe\xfa bad bytes\n", "UTF-8"),
     "jsonl_not_json": (lambda: (json.dumps({"text": _story()}) + "\n{not json\n").encode(), "not valid JSON"),
-    "text_field_absent": (lambda: "".join(json.dumps({"body": _story(seed=i)}) + "\n" for i in range(20)).encode(),
-                          "has no field 'text'"),
-    "too_small_for_a_batch": (lambda: "".join(json.dumps({"text": _story(12, i)}) + "\n" for i in range(3)).encode(),
-                              "one micro-batch over all ranks needs 8"),
+    "text_field_absent": (
+        lambda: "".join(json.dumps({"body": _story(seed=i)}) + "\n" for i in range(20)).encode(),
+        "has no field 'text'",
+    ),
+    "too_small_for_a_batch": (
+        lambda: "".join(json.dumps({"text": _story(12, i)}) + "\n" for i in range(3)).encode(),
+        "one micro-batch over all ranks needs 8",
+    ),
 }
 
 
@@ -196,10 +214,18 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path, prior_run, world_of_one, c
 
 
 REASONING_FAULTS = {
-    "unknown_family": (["data.reasoning.family=sudoku"], "data.reasoning.family must be one of chain|modsum|cups|perm|jsonl"),
-    "modulus_not_prime": (["data.reasoning.family=chain", "data.reasoning.chain.modulus=6"], "chain.modulus must be a prime"),
-    "too_deep_for_the_letters": (["data.reasoning.family=chain", "data.reasoning.test_difficulties=[1,15]"],
-                                 "more than the 26 letters"),
+    "unknown_family": (
+        ["data.reasoning.family=sudoku"],
+        "data.reasoning.family must be one of chain|modsum|cups|perm|jsonl",
+    ),
+    "modulus_not_prime": (
+        ["data.reasoning.family=chain", "data.reasoning.chain.modulus=6"],
+        "chain.modulus must be a prime",
+    ),
+    "too_deep_for_the_letters": (
+        ["data.reasoning.family=chain", "data.reasoning.test_difficulties=[1,15]"],
+        "more than the 26 letters",
+    ),
     "negative_prompt_weight": (["data.reasoning.prompt_loss_weight=-1"], "prompt_loss_weight must be >= 0"),
     "jsonl_without_files": (["data.reasoning.family=jsonl"], "data.reasoning.jsonl.train is not set"),
 }
@@ -225,18 +251,31 @@ def test_own_task_file_fault_is_refused(fault, tmp_path, prior_run, capsys):
     good = json.dumps({"prompt": "1+2=", "answer": "3", "difficulty": 1})
     (tmp_path / "train.jsonl").write_text(good + "\n" + (line if line is not None else good) + "\n")
     (tmp_path / "test.jsonl").write_text(good + "\n")
-    refused(capsys, demo(prior_run, "data.reasoning.family=jsonl", f"data.reasoning.jsonl.train={tmp_path / 'train.jsonl'}",
-                         f"data.reasoning.jsonl.test={tmp_path / 'test.jsonl'}", "data.reasoning.test_difficulties=[1]",
-                         f"data.reasoning.train_difficulties={[1, 2] if line is None else [1]}"), prior_run, message)
+    refused(
+        capsys,
+        demo(
+            prior_run,
+            "data.reasoning.family=jsonl",
+            f"data.reasoning.jsonl.train={tmp_path / 'train.jsonl'}",
+            f"data.reasoning.jsonl.test={tmp_path / 'test.jsonl'}",
+            "data.reasoning.test_difficulties=[1]",
+            f"data.reasoning.train_difficulties={[1, 2] if line is None else [1]}",
+        ),
+        prior_run,
+        message,
+    )
 
 
 # --- 6. evaluation input -----------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     root = tmp_path_factory.mktemp("exports")
-    return {"bptt": _export(root / "bptt", "bptt", CharTokenizer(), context=24),
-            "db": _export(root / "db", "diffusion_blocks", CharTokenizer(), context=24)}
+    return {
+        "bptt": _export(root / "bptt", "bptt", CharTokenizer(), context=24),
+        "db": _export(root / "db", "diffusion_blocks", CharTokenizer(), context=24),
+    }
 
 
 @pytest.mark.parametrize("kind", ["bptt", "db"])
@@ -248,8 +287,8 @@ def test_request_longer_than_the_context_is_truncated_from_the_left(exports, kin
     # lm-eval's HF model keeps the last max_length + 1 tokens of context + continuation
     ctx_enc, cont_enc = lm._encode_pair(ctx, cont)  # TemplateLM's split (BOS on the context)
     assert len(ctx_enc) + len(cont_enc) > lm.max_length + 1
-    kept = (ctx_enc + cont_enc)[-(lm.max_length + 1):]
-    ctx_ids, cont_ids = kept[: -len(cont_enc)], kept[-len(cont_enc):]
+    kept = (ctx_enc + cont_enc)[-(lm.max_length + 1) :]
+    ctx_ids, cont_ids = kept[: -len(cont_enc)], kept[-len(cont_enc) :]
     [(short_ll, _)] = lm._loglikelihood_tokens([((None, None), ctx_ids, cont_ids)], disable_tqdm=True)
     assert torch.isfinite(torch.tensor(long_ll)) and long_ll == pytest.approx(short_ll, abs=1e-4)
 
@@ -262,25 +301,37 @@ def test_empty_continuation_scores_zero(exports):
 
 def _eval(capsys, argv, directory, message):
     before = snapshot(directory)
-    assert hl.main_eval(argv) == 2
+    assert cli(["eval", *argv]) == 2
     err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("huginn-db: error:")]
     assert len(err) == 1 and message in err[0], err
     assert snapshot(directory) == before
 
 
 def test_unknown_task_name(exports, capsys):
-    _eval(capsys, [str(exports["db"]), "--tasks", "reasoning_chian", "--limit", "1"], exports["db"],
-          "unknown task 'reasoning_chian' (did you mean 'reasoning_chain'?)")
+    _eval(
+        capsys,
+        [str(exports["db"]), "--tasks", "reasoning_chian", "--limit", "1"],
+        exports["db"],
+        "unknown task 'reasoning_chian' (did you mean 'reasoning_chain'?)",
+    )
 
 
 def test_bptt_checkpoint_given_a_db_sampler(exports, capsys):
-    _eval(capsys, [str(exports["bptt"]), "--model_args", "sampler=heun", "--limit", "1"], exports["bptt"],
-          "score= and sampler= apply to DiffusionBlocks models")
+    _eval(
+        capsys,
+        [str(exports["bptt"]), "--model_args", "sampler=heun", "--limit", "1"],
+        exports["bptt"],
+        "sampler= does not apply to a bptt model",
+    )
 
 
 def test_db_checkpoint_given_an_unknown_sampler(exports, capsys):
-    _eval(capsys, [str(exports["db"]), "--model_args", "sampler=ddim", "--limit", "1"], exports["db"],
-          "sampler must be euler|heun")
+    _eval(
+        capsys,
+        [str(exports["db"]), "--model_args", "sampler=ddim", "--limit", "1"],
+        exports["db"],
+        "sampler must be euler|heun",
+    )
 
 
 def test_eval_of_a_directory_that_is_not_a_run(tmp_path, capsys):
@@ -288,12 +339,13 @@ def test_eval_of_a_directory_that_is_not_a_run(tmp_path, capsys):
 
 
 def test_compare_refuses_an_unknown_task_before_training(tmp_path, capsys):
-    from huginn_db.compare import main_compare
-
     out = tmp_path / "cmp"
-    assert main_compare([str(RECIPES / "demo-db.yaml"), "--tasks", "reasoning_cups_d99", "--out", str(out)]) == 2
+    assert cli(["compare", str(RECIPES / "demo-db.yaml"), "--tasks", "reasoning_cups_d99", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "unknown task 'reasoning_cups_d99'" in err and not out.exists()
     # the recipe's own benchmark beyond the generated difficulties is refused the same way
-    assert main_compare([str(RECIPES / "demo-db.yaml"), "--out", str(out), "data.reasoning.test_difficulties=[1,17]"]) == 2
+    assert (
+        cli(["compare", str(RECIPES / "demo-db.yaml"), "--out", str(out), "data.reasoning.test_difficulties=[1,17]"])
+        == 2
+    )
     assert "unknown task 'reasoning_cups_d17'" in capsys.readouterr().err and not out.exists()

@@ -1,4 +1,5 @@
 """The lm-eval model `huginn_db` and the local tasks, on tiny randomly initialised exports."""
+
 import math
 import os
 import random
@@ -19,9 +20,23 @@ from huginn_db.model import ModelConfig, RecurrentDepthLM
 from huginn_db.objectives import generate
 from huginn_db.tokenizer import SentencePieceTokenizer, train_sentencepiece
 
-LOCAL_TASKS = ["reasoning_chain", "reasoning_modsum", "reasoning_cups", "reasoning_perm", "tinystories_local", "wikitext2_local", "lm1b_local", "arc_easy_local",
-               "arc_challenge_local", "hellaswag_local", "piqa_local", "winogrande_local", "openbookqa_local",
-               "lambada_openai_local", "gsm8k_local"]
+LOCAL_TASKS = [
+    "reasoning_chain",
+    "reasoning_modsum",
+    "reasoning_cups",
+    "reasoning_perm",
+    "tinystories_local",
+    "wikitext2_local",
+    "lm1b_local",
+    "arc_easy_local",
+    "arc_challenge_local",
+    "hellaswag_local",
+    "piqa_local",
+    "winogrande_local",
+    "openbookqa_local",
+    "lambada_openai_local",
+    "gsm8k_local",
+]
 FAST = dict(bootstrap_iters=0, log_samples=False)
 
 
@@ -35,11 +50,20 @@ def _export(directory, objective: str, tok, context: int):
     directory.mkdir()
     cfg = RunConfig()
     cfg.objective.name = objective
-    cfg.objective.bptt.mean_recurrence = 2
+    cfg.objective.bptt.mean_recurrence, cfg.objective.bptt.backprop_depth = 2, 1
     cfg.objective.diffusion_blocks.num_bands = 3
-    cfg.model = ModelConfig(vocab_size=tok.vocab_size, hidden=32, heads=4, mlp_hidden=64, prelude_layers=1,
-                            core_layers=1, coda_layers=1, context=context, init_recurrence=2,
-                            sigma_conditioning=objective == "diffusion_blocks")
+    cfg.model = ModelConfig(
+        vocab_size=tok.vocab_size,
+        hidden=32,
+        heads=4,
+        mlp_hidden=64,
+        prelude_layers=1,
+        core_layers=1,
+        coda_layers=1,
+        context=context,
+        init_recurrence=2,
+        sigma_conditioning=objective == "diffusion_blocks",
+    )
     model = RecurrentDepthLM(cfg.model)
     for name, p in model.named_parameters():
         if ".ada." in name:  # a trained-looking denoiser: σ changes the computation
@@ -55,8 +79,13 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     rng = random.Random(0)
     words = "the a cat dog sat on mat ran big small red house tree sun day night and then so Question Answer".split()
-    lines = [" ".join(rng.choice(words) + rng.choice(["", ",", ".", "?", " 12", "'s"]) for _ in range(12)) for _ in range(300)]
-    (root / "corpus.txt").write_text("\n".join(lines) + "\nABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 +-*/=()[]<>:;\"'#$%&@\n")
+    lines = [
+        " ".join(rng.choice(words) + rng.choice(["", ",", ".", "?", " 12", "'s"]) for _ in range(12))
+        for _ in range(300)
+    ]
+    (root / "corpus.txt").write_text(
+        "\n".join(lines) + "\nABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 +-*/=()[]<>:;\"'#$%&@\n"
+    )
     spm = SentencePieceTokenizer(train_sentencepiece([str(root / "corpus.txt")], 400, str(root / "spm")))
     return {
         "bptt": _export(root / "bptt", "bptt", CharTokenizer(), context=24),
@@ -88,8 +117,13 @@ def _brute_logprobs(lm, row):
 def test_loglikelihood_is_the_brute_force_sum_of_token_logprobs(runs, kind):
     lm = _lm(runs, kind, batch_size=3)
     L = lm.max_length
-    pairs = [("a=1;b=a;b?", "1"), ("x=2;", "y=x;y?2"), ("", "k=3;k?"), ("q=" + "a=1;" * 8, "b=2;b?"),
-             ("a=1;b=a;", "c=b;c?1;" * 4)]  # left truncation; a continuation longer than the context
+    pairs = [
+        ("a=1;b=a;b?", "1"),
+        ("x=2;", "y=x;y?2"),
+        ("", "k=3;k?"),
+        ("q=" + "a=1;" * 8, "b=2;b?"),
+        ("a=1;b=a;", "c=b;c?1;" * 4),
+    ]  # left truncation; a continuation longer than the context
     got = lm.loglikelihood(_requests("loglikelihood", pairs))
     for (ctx, cont), (ll, _) in zip(pairs, got):
         whole = [lm.prefix_token_id] + lm.tok.encode(ctx + cont)
@@ -152,7 +186,9 @@ def test_generate_until_stops_at_a_stop_sequence(runs):
     # the wrapper is objectives.generate with the request's own seed, cut at EOS
     for p, text in zip(prompts, free):
         ids = torch.tensor([lm.tok_encode(p)])
-        new = generate(lm.objective, lm.model, ids, 8, lm.eot_token_id, num_steps=3, seed=[lm.request_seed(ids[0].tolist())])
+        new = generate(
+            lm.objective, lm.model, ids, 8, lm.eot_token_id, num_steps=3, seed=[lm.request_seed(ids[0].tolist())]
+        )
         assert lm.tok.decode(new[0]) == text
     prompt, text = next((p, t) for p, t in zip(prompts, free) if len(t) >= 4)
     stop = text[2]
@@ -171,8 +207,10 @@ def test_bf16_autocast_scores_close_to_fp32(runs):
 
 
 def test_options_that_do_not_apply_are_refused(runs):
-    with pytest.raises(ValueError, match="DiffusionBlocks"):
+    with pytest.raises(ValueError, match="score must be recurrence for a bptt model"):
         hl.HuginnLM(str(runs["bptt"]), score="context")
+    with pytest.raises(ValueError, match="sampler= does not apply to a bptt model"):
+        hl.HuginnLM(str(runs["bptt"]), sampler="euler")
     with pytest.raises(ValueError, match="context\\|final"):
         hl.HuginnLM(str(runs["db"]), score="mean")
     lm = hl.HuginnLM.create_from_arg_string(f"checkpoint={runs['db']},batch_size=5", {"batch_size": 1, "device": None})
@@ -220,7 +258,15 @@ def test_cli_is_lm_eval_with_the_model_and_local_tasks(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["huginn_db.lm_eval"])
     hl.main(["--model", "huginn_db", "--tasks", "reasoning_chain"])
     hl.main(["ls", "tasks", "--include_path", "/x"])
-    assert seen[0] == ["run", "--model", "huginn_db", "--tasks", "reasoning_chain", "--include_path", str(hl.task_dir())]
+    assert seen[0] == [
+        "run",
+        "--model",
+        "huginn_db",
+        "--tasks",
+        "reasoning_chain",
+        "--include_path",
+        str(hl.task_dir()),
+    ]
     assert seen[1] == ["ls", "tasks", "--include_path", "/x"]
 
 
@@ -229,7 +275,9 @@ def test_every_local_task_runs_offline(runs, data_root, monkeypatch):
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     res = hl.evaluate(runs["db_text"], LOCAL_TASKS, [2], limit=2, data_root=data_root, **FAST)[2]["results"]
-    for task in LOCAL_TASKS[4:] + [f"reasoning_{f}_d{d}" for f in ("chain", "modsum", "cups", "perm") for d in range(1, 9)]:
+    for task in LOCAL_TASKS[4:] + [
+        f"reasoning_{f}_d{d}" for f in ("chain", "modsum", "cups", "perm") for d in range(1, 9)
+    ]:
         metrics = {k: v for k, v in res[task].items() if "," in k and "stderr" not in k}
         assert metrics and all(math.isfinite(v) for v in metrics.values()), (task, res[task])
     assert all(res[f"reasoning_{f}"]["sample_len"] == 16 for f in ("chain", "modsum", "cups", "perm"))  # 8 × limit 2
@@ -250,49 +298,69 @@ def test_reasoning_tasks_score_the_distribution_the_checkpoint_trained_on(runs, 
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     for name in ("model.safetensors", "tokenizer.json"):
         (run / name).write_bytes((runs["bptt"] / name).read_bytes())
-    out = hl.evaluate(run, ["reasoning_chain_d2", "reasoning_modsum_d3"], [1], limit=4, **dict(FAST, log_samples=True))[1]
+    out = hl.evaluate(run, ["reasoning_chain_d2", "reasoning_modsum_d3"], [1], limit=4, **dict(FAST, log_samples=True))[
+        1
+    ]
     docs = {t: [s["doc"] for s in out["samples"][t]] for t in out["samples"]}
     ours = ReasoningConfig(test_difficulties=[2], test_examples=4, test_seed=11)
     ours.chain = dataclasses.replace(ours.chain, modulus=7, chains=3)
     assert docs["reasoning_chain_d2"] == ReasoningCorpus(ours, 0).test_set()
-    assert docs["reasoning_chain_d2"] != ReasoningCorpus(ReasoningConfig(test_difficulties=[2], test_examples=4), 0).test_set()
-    assert docs["reasoning_modsum_d3"] == ReasoningCorpus(ReasoningConfig(family="modsum", test_difficulties=[3],
-                                                                          test_examples=4), 0).test_set()
+    assert (
+        docs["reasoning_chain_d2"]
+        != ReasoningCorpus(ReasoningConfig(test_difficulties=[2], test_examples=4), 0).test_set()
+    )
+    assert (
+        docs["reasoning_modsum_d3"]
+        == ReasoningCorpus(ReasoningConfig(family="modsum", test_difficulties=[3], test_examples=4), 0).test_set()
+    )
 
 
 def test_own_task_files_become_lm_eval_tasks(runs, tmp_path):
     """A jsonl run's reasoning_jsonl_d<k> tasks are its test file's problems of difficulty k."""
     import json as _json
 
-    rows = [{"prompt": f"{a}+{b}=", "answer": str((a + b) % 10), "difficulty": 1 + (a + b) % 2}
-            for a in range(10) for b in range(3)]
+    rows = [
+        {"prompt": f"{a}+{b}=", "answer": str((a + b) % 10), "difficulty": 1 + (a + b) % 2}
+        for a in range(10)
+        for b in range(3)
+    ]
     for split in ("train", "test"):
         (tmp_path / f"{split}.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows))
     run = tmp_path / "own"
     run.mkdir()
     cfg = yaml.safe_load((runs["bptt"] / "config.yaml").read_text())
-    cfg["data"]["reasoning"].update(family="jsonl", train_difficulties=[1, 2], test_difficulties=[1, 2],
-                                    jsonl={"train": str(tmp_path / "train.jsonl"), "test": str(tmp_path / "test.jsonl")})
+    cfg["data"]["reasoning"].update(
+        family="jsonl",
+        train_difficulties=[1, 2],
+        test_difficulties=[1, 2],
+        jsonl={"train": str(tmp_path / "train.jsonl"), "test": str(tmp_path / "test.jsonl")},
+    )
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     for name in ("model.safetensors", "tokenizer.json"):
         (run / name).write_bytes((runs["bptt"] / name).read_bytes())
     out = hl.evaluate(run, ["reasoning_jsonl_d2"], [1], limit=5, **dict(FAST, log_samples=True))[1]
     docs = [s["doc"] for s in out["samples"]["reasoning_jsonl_d2"]]
-    assert docs == [{"difficulty": 2, **{k: r[k] for k in ("prompt", "answer")}} for r in rows if r["difficulty"] == 2][:5]
+    assert (
+        docs == [{"difficulty": 2, **{k: r[k] for k in ("prompt", "answer")}} for r in rows if r["difficulty"] == 2][:5]
+    )
 
 
 def test_num_steps_sweep(runs, monkeypatch):
-    from huginn_db.objectives import BPTTObjective
+    from huginn_db.objectives.bptt import BPTTObjective
 
     used, real = set(), BPTTObjective.logits
-    monkeypatch.setattr(BPTTObjective, "logits",
-                        lambda self, model, ids, num_steps=None, **kw: used.add(num_steps) or real(self, model, ids, num_steps, **kw))
+    monkeypatch.setattr(
+        BPTTObjective,
+        "logits",
+        lambda self, model, ids, num_steps=None, **kw: used.add(num_steps) or real(self, model, ids, num_steps, **kw),
+    )
     out = hl.evaluate(runs["bptt"], ["reasoning_chain_d1", "reasoning_chain_d2"], [1, 2], limit=2, **FAST)
     assert sorted(out) == [1, 2] and used == {1, 2}
     assert all(out[K]["results"]["reasoning_chain_d2"]["sample_len"] == 2 for K in out)
 
 
 # --- the local standard tasks against stock lm-eval -------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def task_utils():
@@ -304,8 +372,16 @@ def task_utils():
     return module
 
 
-STANDARD = ["arc_easy_local", "arc_challenge_local", "hellaswag_local", "piqa_local", "winogrande_local",
-            "openbookqa_local", "gsm8k_local", "wikitext2_local"]
+STANDARD = [
+    "arc_easy_local",
+    "arc_challenge_local",
+    "hellaswag_local",
+    "piqa_local",
+    "winogrande_local",
+    "openbookqa_local",
+    "gsm8k_local",
+    "wikitext2_local",
+]
 
 
 @pytest.fixture(scope="module")
@@ -335,19 +411,45 @@ def _klosax_dump(records: list[dict]) -> str:
 
 
 HELLASWAG_RECORDS = [  # in the original schema, as stock's process_docs reads them
-    {"activity_label": "Roof shingle removal", "ctx_a": "A man is sitting on a roof.", "ctx_b": "he", "label": "3",
-     "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.", "is holding a rubik's cube.",
-                 "starts pulling up roofing on a roof."]},
-    {"activity_label": "Hand car wash", "ctx_a": ".", "ctx_b": "a man in a red shirt and TV gloves", "label": "0",
-     "endings": ["washes the car.", "sits down.", "talks to the camera.", "leaves."]},
-    {"activity_label": "Playing harmonica", "ctx_a": "1 a guy plays. 2 a guy talks about it!", "ctx_b": "3 the guy",
-     "label": "1", "endings": ["plays again.", "stops.", "waves.", "bows."]},
-    {"activity_label": "Family Life", "ctx_b": "", "label": "2",
-     "ctx_a": "[header] How to entertain a toddler [title] Ask the toddler what to do. [step] Visit a site like "
-              "[www.kiddio.org] to find activities.",
-     "endings": ["Try arts and crafts. [substeps] See [find a good attorney | how to find a good attorney].",
-                 "Make sure the kid is old enough.", 'Search for " local events in [insert name of town].',
-                 "Go outside [title] Play in the park [step] Run."]},
+    {
+        "activity_label": "Roof shingle removal",
+        "ctx_a": "A man is sitting on a roof.",
+        "ctx_b": "he",
+        "label": "3",
+        "endings": [
+            "is using wrap to wrap a pair of skis.",
+            "is ripping level tiles off.",
+            "is holding a rubik's cube.",
+            "starts pulling up roofing on a roof.",
+        ],
+    },
+    {
+        "activity_label": "Hand car wash",
+        "ctx_a": ".",
+        "ctx_b": "a man in a red shirt and TV gloves",
+        "label": "0",
+        "endings": ["washes the car.", "sits down.", "talks to the camera.", "leaves."],
+    },
+    {
+        "activity_label": "Playing harmonica",
+        "ctx_a": "1 a guy plays. 2 a guy talks about it!",
+        "ctx_b": "3 the guy",
+        "label": "1",
+        "endings": ["plays again.", "stops.", "waves.", "bows."],
+    },
+    {
+        "activity_label": "Family Life",
+        "ctx_b": "",
+        "label": "2",
+        "ctx_a": "[header] How to entertain a toddler [title] Ask the toddler what to do. [step] Visit a site like "
+        "[www.kiddio.org] to find activities.",
+        "endings": [
+            "Try arts and crafts. [substeps] See [find a good attorney | how to find a good attorney].",
+            "Make sure the kid is old enough.",
+            'Search for " local events in [insert name of town].',
+            "Go outside [title] Play in the park [step] Run.",
+        ],
+    },
 ]
 
 
@@ -360,11 +462,16 @@ def test_hellaswag_local_builds_stock_prompts_from_the_dump(task_utils, tmp_path
     ours = task_utils.hellaswag(str(path))["validation"]
     stock = process_docs(datasets.Dataset.from_list(HELLASWAG_RECORDS))
     assert ours["query"] == stock["query"]  # ctx_b capitalised (and the rest of it lowercased), [...] dropped
-    assert ours["query"][:2] == ["Roof shingle removal: A man is sitting on a roof. He",
-                                 "Hand car wash: . A man in a red shirt and tv gloves"]
+    assert ours["query"][:2] == [
+        "Roof shingle removal: A man is sitting on a roof. He",
+        "Hand car wash: . A man in a red shirt and tv gloves",
+    ]
     assert ours["choices"] == stock["choices"] and ours["label"] == [int(g) for g in stock["gold"]]
     # not restorable: stock keeps the space a leading marker leaves, the dump strips it
-    lead = {**HELLASWAG_RECORDS[3], "endings": ["[substeps] Try arts and crafts."] + HELLASWAG_RECORDS[3]["endings"][1:]}
+    lead = {
+        **HELLASWAG_RECORDS[3],
+        "endings": ["[substeps] Try arts and crafts."] + HELLASWAG_RECORDS[3]["endings"][1:],
+    }
     path.write_text(_klosax_dump([lead]))
     (ours,) = task_utils.hellaswag(str(path))["validation"]["choices"]
     (stock,) = process_docs(datasets.Dataset.from_list([lead]))["choices"]
@@ -423,10 +530,15 @@ def test_arc_merge_puts_items_at_their_places_or_refuses(task_utils):
 
 
 # (split the few-shot examples come from, is it the scored split); stock uses train for all
-FEWSHOT = {"gsm8k_local": ("train", False), "arc_easy_local": ("validation", False),
-           "arc_challenge_local": ("validation", False), "hellaswag_local": ("validation", True),
-           "piqa_local": ("validation", True), "winogrande_local": ("validation", True),
-           "openbookqa_local": ("test", True)}
+FEWSHOT = {
+    "gsm8k_local": ("train", False),
+    "arc_easy_local": ("validation", False),
+    "arc_challenge_local": ("validation", False),
+    "hellaswag_local": ("validation", True),
+    "piqa_local": ("validation", True),
+    "winogrande_local": ("validation", True),
+    "openbookqa_local": ("test", True),
+}
 
 
 @pytest.mark.parametrize("name", FEWSHOT)
@@ -447,7 +559,9 @@ def test_a_scored_item_is_never_its_own_fewshot_example(standard_tasks, name):
     answer = task.doc_to_choice(doc)[task.doc_to_target(doc)]
     example = task.doc_to_text(doc) + task.config.target_delimiter + answer
     others = len(list(task.fewshot_docs())) - 1
-    shots = task.fewshot_context(doc=doc, num_fewshot=others)[: -len(task.doc_to_text(doc))]  # every other item, shuffled
+    shots = task.fewshot_context(doc=doc, num_fewshot=others)[
+        : -len(task.doc_to_text(doc))
+    ]  # every other item, shuffled
     assert example not in shots and shots.count(task.config.fewshot_delimiter) == others
 
 

@@ -16,6 +16,7 @@ GENERATED = [f for f in FAMILIES if f != "jsonl"]
 
 # --- independent evaluators: what each prompt means --------------------------------------------
 
+
 def _chain(prompt: str, p: int = 5) -> tuple[str, int, dict]:
     """(answer, depth of the queried variable, parent map) by interpreting the statements."""
     body, query = prompt[:-1].rsplit(";?", 1)
@@ -29,7 +30,11 @@ def _chain(prompt: str, p: int = 5) -> tuple[str, int, dict]:
             src = expr[0]
             assert src in env, "definition before use"
             x = env[src]
-            env[var] = x if len(expr) == 1 else {"+": x + int(expr[2]), "-": x - int(expr[2]), "*": x * int(expr[2])}[expr[1]] % p
+            env[var] = (
+                x
+                if len(expr) == 1
+                else {"+": x + int(expr[2]), "-": x - int(expr[2]), "*": x * int(expr[2])}[expr[1]] % p
+            )
             depth[var], parent[var] = depth[src] + 1, src
     return str(env[query]), depth[query], parent
 
@@ -59,11 +64,14 @@ def _cups(prompt: str) -> tuple[str, int]:
 
 # --- the generated families --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("ops", ["+-", "+-*", "=+-"])
 @pytest.mark.parametrize("chains,distractors", [(1, 0), (2, 2), (3, 4)])
 def test_chain_answers_depth_and_layout(ops, chains, distractors):
-    corpus = ReasoningCorpus(ReasoningConfig(chain=ChainConfig(ops=ops, chains=chains, distractors=distractors),
-                                             test_difficulties=[1, 6]), seed=0)
+    corpus = ReasoningCorpus(
+        ReasoningConfig(chain=ChainConfig(ops=ops, chains=chains, distractors=distractors), test_difficulties=[1, 6]),
+        seed=0,
+    )
     rng = np.random.default_rng(0)
     n, last_is_query, query_root_first = 0, 0, 0
     for d in (1, 2, 3, 6):
@@ -111,7 +119,9 @@ def test_cups_random_start_and_difficulty_zero():
         assert _cups(prompt) == (answer, 3) and prompt[1] == ":"
         starts.add(prompt[0])
     assert starts == {"1", "2", "3"}
-    with pytest.raises(ValueError, match=r"test_difficulties must be .* >= 1, got \[0, 1\] \(difficulty 0.*training warm-up"):
+    with pytest.raises(
+        ValueError, match=r"test_difficulties must be .* >= 1, got \[0, 1\] \(difficulty 0.*training warm-up"
+    ):
         ReasoningCorpus(ReasoningConfig(family="cups", test_difficulties=[0, 1]), 0)
 
 
@@ -142,14 +152,24 @@ def test_modsum_perm_and_cups_answers_and_difficulty(family, check):
 @pytest.mark.parametrize("family", GENERATED)
 def test_batches_are_pure_functions_of_the_slot_and_weigh_answer_and_eos(family):
     corpus = ReasoningCorpus(ReasoningConfig(family=family), seed=3)
-    a, b = corpus.train_batch(8, step=4, micro=1, rank=1, world=2), corpus.train_batch(8, step=4, micro=1, rank=1, world=2)
+    a, b = (
+        corpus.train_batch(8, step=4, micro=1, rank=1, world=2),
+        corpus.train_batch(8, step=4, micro=1, rank=1, world=2),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["input_ids"], corpus.train_batch(8, step=4, micro=1, rank=0, world=2)["input_ids"])
     # 2 ranks x 1 micro-batch == 1 rank x 2 micro-batches
-    assert torch.equal(corpus.train_batch(8, 3, 0, rank=1, world=2)["input_ids"], corpus.train_batch(8, 3, micro=1, grad_accum=2)["input_ids"])
+    assert torch.equal(
+        corpus.train_batch(8, 3, 0, rank=1, world=2)["input_ids"],
+        corpus.train_batch(8, 3, micro=1, grad_accum=2)["input_ids"],
+    )
     tok = corpus.tokenizer
-    meaning = {"chain": lambda p: _chain(p)[0], "modsum": lambda p: _modsum(p)[0], "perm": lambda p: _perm(p)[0],
-               "cups": lambda p: _cups(p)[0]}[family]
+    meaning = {
+        "chain": lambda p: _chain(p)[0],
+        "modsum": lambda p: _modsum(p)[0],
+        "perm": lambda p: _perm(p)[0],
+        "cups": lambda p: _cups(p)[0],
+    }[family]
     for i in range(8):
         row_in, row_tgt, w = a["input_ids"][i], a["target_ids"][i], a["loss_weight"][i]
         assert torch.equal(row_in[1:], row_tgt[:-1])  # targets are the inputs shifted by one
@@ -181,10 +201,13 @@ def test_test_sets_are_fixed_by_test_seed_not_run_seed():
     assert ReasoningCorpus(dataclasses.replace(cfg, test_seed=5), 0).test_set() != t0
     assert ReasoningCorpus(dataclasses.replace(cfg, test_examples=20), 0).test_set()[:10] == t0[:10]
     # training batches do follow the run seed
-    assert not torch.equal(ReasoningCorpus(cfg, 0).train_batch(4, 0)["input_ids"], ReasoningCorpus(cfg, 1).train_batch(4, 0)["input_ids"])
+    assert not torch.equal(
+        ReasoningCorpus(cfg, 0).train_batch(4, 0)["input_ids"], ReasoningCorpus(cfg, 1).train_batch(4, 0)["input_ids"]
+    )
 
 
 # --- the shortcut audit ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("family", GENERATED)
 def test_every_family_passes_the_shortcut_audit(family):
@@ -199,8 +222,9 @@ def test_every_family_passes_the_shortcut_audit(family):
 def test_the_audit_catches_the_old_shortcut():
     """Copy chains with the root first (the corpus this benchmark replaced) fail, and the audit
     names the predictor that solves them."""
-    corpus = ReasoningCorpus(ReasoningConfig(chain=ChainConfig(ops="=", chains=1, distractors=0),
-                                             test_difficulties=[1, 4]), seed=0)
+    corpus = ReasoningCorpus(
+        ReasoningConfig(chain=ChainConfig(ops="=", chains=1, distractors=0), test_difficulties=[1, 4]), seed=0
+    )
     rows = audit(corpus, examples=500)
     assert not any(r["pass"] for r in rows)
     assert all(r["best_accuracy"] == 1.0 and r["scores"]["first_constant"] == 1.0 for r in rows)
@@ -211,19 +235,36 @@ def test_the_audit_catches_the_old_shortcut():
 
 
 def test_audit_cli(capsys, tmp_path):
-    from huginn_db.data.audit import main
+    from huginn_db.cli import main
     from tests.conftest import RECIPES
 
-    assert main([str(RECIPES / "demo-bptt.yaml")]) == 0
+    assert main(["audit", str(RECIPES / "demo-bptt.yaml")]) == 0
     out = capsys.readouterr().out
     assert "shortcut audit" in out and "| d1 |" in out and "FAIL" not in out
-    assert main([str(RECIPES / "demo-bptt.yaml"), "--examples", "500", "data.reasoning.family=chain",
-                 "data.reasoning.chain.ops==", "data.reasoning.chain.chains=1", "data.reasoning.chain.distractors=0",
-                 "data.reasoning.test_difficulties=[1,2]", "data.reasoning.train_difficulties=[1]"]) == 1
+    assert (
+        main(
+            [
+                "audit",
+                str(RECIPES / "demo-bptt.yaml"),
+                "--examples",
+                "500",
+                "data.reasoning.family=chain",
+                "data.reasoning.chain.ops==",
+                "data.reasoning.chain.chains=1",
+                "data.reasoning.chain.distractors=0",
+                "data.reasoning.test_difficulties=[1,2]",
+                "data.reasoning.train_difficulties=[1]",
+            ]
+        )
+        == 1
+    )
     assert "fails the shortcut audit" in capsys.readouterr().err
+    assert main(["audit", str(RECIPES / "text-small-db.yaml")]) == 2
+    assert "the audit applies to the reasoning families" in capsys.readouterr().err
 
 
 # --- bring your own task -----------------------------------------------------------------------
+
 
 def _write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -237,21 +278,31 @@ def _own_task(tmp_path, n=300):
         for i in range(n):
             d = int(rng.integers(1, 3 if split == "train" else 4))  # d3 is never trained on
             xs = rng.integers(0, 7, size=d + 1)
-            rows[split].append({"prompt": "sum " + " ".join(map(str, xs)) + " ->", "answer": str(int(xs.sum()) % 7),
-                                "difficulty": d})
-    return JsonlConfig(train=_write_jsonl(tmp_path / "train.jsonl", rows["train"]),
-                       test=_write_jsonl(tmp_path / "test.jsonl", rows["test"]))
+            rows[split].append(
+                {"prompt": "sum " + " ".join(map(str, xs)) + " ->", "answer": str(int(xs.sum()) % 7), "difficulty": d}
+            )
+    return JsonlConfig(
+        train=_write_jsonl(tmp_path / "train.jsonl", rows["train"]),
+        test=_write_jsonl(tmp_path / "test.jsonl", rows["test"]),
+    )
 
 
 def test_jsonl_family_trains_tests_and_audits(tmp_path):
-    cfg = ReasoningConfig(family="jsonl", jsonl=_own_task(tmp_path), train_difficulties=[1, 2], test_difficulties=[1, 2, 3],
-                          test_examples=50)
+    cfg = ReasoningConfig(
+        family="jsonl",
+        jsonl=_own_task(tmp_path),
+        train_difficulties=[1, 2],
+        test_difficulties=[1, 2, 3],
+        test_examples=50,
+    )
     corpus = ReasoningCorpus(cfg, seed=0)
     tok = corpus.tokenizer
-    assert " " in tok.stoi and ">" in tok.stoi and tok.itos[: 45] == CharTokenizer().itos
+    assert " " in tok.stoi and ">" in tok.stoi and tok.itos[:45] == CharTokenizer().itos
     test = corpus.test_set()
     assert [ex["difficulty"] for ex in test].count(3) == 50
-    first = [json.loads(l) for l in (tmp_path / "test.jsonl").read_text().splitlines() if json.loads(l)["difficulty"] == 1]
+    first = [
+        json.loads(l) for l in (tmp_path / "test.jsonl").read_text().splitlines() if json.loads(l)["difficulty"] == 1
+    ]
     assert [ex["prompt"] for ex in test if ex["difficulty"] == 1] == [r["prompt"] for r in first[:50]]
     batch = corpus.train_batch(4, 0)
     text = tok.decode(batch["input_ids"][0].tolist())
@@ -265,19 +316,26 @@ def test_jsonl_family_trains_tests_and_audits(tmp_path):
     assert again.itos == tok.itos and again.decode(again.encode("sum 1 2 ->")) == "sum 1 2 ->"
 
 
-@pytest.mark.parametrize("line,message", [
-    ("not json", r"train.jsonl:2: not a JSON object"),
-    ('{"prompt": "x", "answer": "1"}', r"train.jsonl:2: missing field 'difficulty'"),
-    ('{"prompt": "x", "answer": "", "difficulty": 1}', r"answer non-empty"),
-    ('{"prompt": "x", "answer": "1", "difficulty": 0}', r"difficulty must be an integer >= 1"),
-    ('[1, 2]', r"expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("not json", r"train.jsonl:2: not a JSON object"),
+        ('{"prompt": "x", "answer": "1"}', r"train.jsonl:2: missing field 'difficulty'"),
+        ('{"prompt": "x", "answer": "", "difficulty": 1}', r"answer non-empty"),
+        ('{"prompt": "x", "answer": "1", "difficulty": 0}', r"difficulty must be an integer >= 1"),
+        ("[1, 2]", r"expected a JSON object"),
+    ],
+)
 def test_jsonl_bad_lines_name_file_and_line(tmp_path, line, message):
     good = json.dumps({"prompt": "a", "answer": "1", "difficulty": 1})
     (tmp_path / "train.jsonl").write_text(good + "\n" + line + "\n")
     (tmp_path / "test.jsonl").write_text(good + "\n")
-    cfg = ReasoningConfig(family="jsonl", jsonl=JsonlConfig(str(tmp_path / "train.jsonl"), str(tmp_path / "test.jsonl")),
-                          train_difficulties=[1], test_difficulties=[1])
+    cfg = ReasoningConfig(
+        family="jsonl",
+        jsonl=JsonlConfig(str(tmp_path / "train.jsonl"), str(tmp_path / "test.jsonl")),
+        train_difficulties=[1],
+        test_difficulties=[1],
+    )
     with pytest.raises(ValueError, match=message):
         ReasoningCorpus(cfg, 0)
 
@@ -293,6 +351,7 @@ def test_jsonl_missing_files_and_difficulties(tmp_path):
 
 
 # --- tokenizer and scoring ---------------------------------------------------------------------
+
 
 def test_tokenizer_round_trip_and_errors():
     tok = CharTokenizer()

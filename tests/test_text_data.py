@@ -56,18 +56,25 @@ def _texts(batch) -> list[str]:
 
 
 def _epoch(corpus, batch_size, world, grad_accum, steps, first_step=0) -> list[str]:
-    return [t for step in range(first_step, first_step + steps) for micro in range(grad_accum) for rank in range(world)
-            for t in _texts(corpus.train_batch(batch_size, step, micro, rank, world, grad_accum))]
+    return [
+        t
+        for step in range(first_step, first_step + steps)
+        for micro in range(grad_accum)
+        for rank in range(world)
+        for t in _texts(corpus.train_batch(batch_size, step, micro, rank, world, grad_accum))
+    ]
 
 
 def test_plain_text_documents_are_packed_into_consecutive_eos_separated_windows(tmp_path, spm_tok):
     rng = np.random.default_rng(1)
-    docs = ["\n".join(" ".join(rng.choice(WORDS, rng.integers(2, 9))) for _ in range(rng.integers(1, 4)))
-            for _ in range(30)]
+    docs = [
+        "\n".join(" ".join(rng.choice(WORDS, rng.integers(2, 9))) for _ in range(rng.integers(1, 4))) for _ in range(30)
+    ]
     seps = ["\n\n", "\n \n\n", "\n\t\n"]  # blank = empty or whitespace-only lines
     (tmp_path / "docs.txt").write_text("\n\n" + "".join(d + seps[i % 3] for i, d in enumerate(docs)).rstrip())
-    c = _corpus(files=["docs.txt"], data_root=str(tmp_path), tokenizer=str(spm_tok.model_path),
-                seq_len=16, val_fraction=0.2)
+    c = _corpus(
+        files=["docs.txt"], data_root=str(tmp_path), tokenizer=str(spm_tok.model_path), seq_len=16, val_fraction=0.2
+    )
     W, eos = 17, spm_tok.eos_id
     for split, indices in (("train", c.train_doc_indices), ("val", c.val_doc_indices)):
         stream = [t for i in indices for t in spm_tok.encode(docs[i]) + [eos]]
@@ -162,22 +169,46 @@ def _write(path, data):
 
 
 ERRORS = [  # file name, content (None: absent), config, expected message ({root}: the data root)
-    ("missing.jsonl", None, {},
-     r"file not found: {root}/missing.jsonl \('missing.jsonl' resolved against data_root {root}\)"),
+    (
+        "missing.jsonl",
+        None,
+        {},
+        r"file not found: {root}/missing.jsonl \('missing.jsonl' resolved against data_root {root}\)",
+    ),
     ("empty.txt", "", {}, r"file is empty: {root}/empty.txt$"),
     ("blank.txt", " \n\n\t\n", {}, r"{root}/blank.txt holds no documents"),
     ("bad.jsonl", '{"text": "ab"}\nnot json\n', {}, r"{root}/bad.jsonl is not valid JSON / JSON lines \(.+\)$"),
-    ("qa.jsonl", '{"question": "a", "answer": "b"}\n', {},
-     r"qa.jsonl has no field 'text' \(columns: question, answer\); set data.text.text_field"),
+    (
+        "qa.jsonl",
+        '{"question": "a", "answer": "b"}\n',
+        {},
+        r"qa.jsonl has no field 'text' \(columns: question, answer\); set data.text.text_field",
+    ),
     ("num.jsonl", '{"text": 5}\n', {}, r"num.jsonl: field 'text' holds int, not text"),
-    ("latin1.txt", b"abc\n\ncaf\xe9\n", {},
-     r"{root}/latin1.txt is not valid UTF-8 \(invalid continuation byte: byte b'\\xe9'\)"),
-    ("table.csv", "text\nab\n", {},
-     r"cannot tell the format of {root}/table.csv from its extension; set data.text.format"),
-    ("upper.txt", "Hello\n\nHowdy\n", {},
-     r"data.text.tokenizer='reasoning' cannot encode this corpus: character 'H' is not in the reasoning alphabet"),
-    ("small.txt", "abc\n\nabd\n\nabe\n", {"val_fraction": 0.3},
-     r"the train split has 8 tokens but one sequence needs seq_len \+ 1 = 10; add data or lower data.text.seq_len"),
+    (
+        "latin1.txt",
+        b"abc\n\ncaf\xe9\n",
+        {},
+        r"{root}/latin1.txt is not valid UTF-8 \(invalid continuation byte: byte b'\\xe9'\)",
+    ),
+    (
+        "table.csv",
+        "text\nab\n",
+        {},
+        r"cannot tell the format of {root}/table.csv from its extension; set data.text.format",
+    ),
+    (
+        "upper.txt",
+        "Hello\n\nHowdy\n",
+        {},
+        r"data.text.tokenizer='reasoning' cannot encode this corpus: character 'H' is not in the reasoning alphabet",
+    ),
+    (
+        "small.txt",
+        "abc\n\nabd\n\nabe\n",
+        {"val_fraction": 0.3},
+        r"the train split has 8 tokens but one sequence needs seq_len \+ 1 = 10; add data or lower data.text.seq_len",
+    ),
 ]
 
 
@@ -192,8 +223,11 @@ def test_error_messages(tmp_path, name, data, kw, message):
 
 def test_corpus_too_small_for_one_batch_and_bad_config(tmp_path):
     c = _corpus(files=[str(_jsonl(tmp_path / "d.jsonl", _docs(25)))], val_fraction=0.04)
-    with pytest.raises(ValueError, match=r"train split has 24 sequences \(240 tokens\) but one micro-batch over all "
-                                         r"ranks needs 26 \(260 tokens\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"train split has 24 sequences \(240 tokens\) but one micro-batch over all "
+        r"ranks needs 26 \(260 tokens\)",
+    ):
         c.train_batch(13, step=0, rank=0, world=2)
     with pytest.raises(ValueError, match="set exactly one of files"):
         TextCorpus(TextConfig(), seed=0)
@@ -208,8 +242,12 @@ def test_real_data(data_root, tmp_path, spm_tok):
         _corpus(files=["gsm8k/train.jsonl"], data_root=str(data_root))
     text = (data_root / "tinystories" / "tinystories_val.txt").read_text(encoding="utf-8")
     paragraphs = [p for p in re.split(r"\n(?:[ \t]*\n)+", text) if p.strip()]
-    c = _corpus(files=["tinystories/tinystories_val.txt"], data_root=str(data_root),
-                tokenizer=str(spm_tok.model_path), seq_len=64)
+    c = _corpus(
+        files=["tinystories/tinystories_val.txt"],
+        data_root=str(data_root),
+        tokenizer=str(spm_tok.model_path),
+        seq_len=64,
+    )
     assert len(c.train_doc_indices) + len(c.val_doc_indices) == len(paragraphs)
     assert len(c.val_doc_indices) == round(0.01 * len(paragraphs))
     for batch in (c.train_batch(8, step=0), c.val_batches(8)[0]):

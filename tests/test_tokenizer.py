@@ -4,8 +4,9 @@ import sys
 
 import pytest
 
+from huginn_db.cli import main
 from huginn_db.data.reasoning import CharTokenizer
-from huginn_db.tokenizer import MIN_VOCAB, SentencePieceTokenizer, load_tokenizer, main, train_sentencepiece
+from huginn_db.tokenizer import MIN_VOCAB, SentencePieceTokenizer, load_tokenizer, train_sentencepiece
 
 from .conftest import ROOT
 
@@ -98,8 +99,21 @@ def test_training_errors(stories, tmp_path):
 
 def test_cli_trains_and_reports_round_trip(stories, tmp_path):
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "huginn_db.tokenizer", "train", "--input", str(stories),
-           "--vocab-size", "700", "--out", str(out), "--model-type", "unigram"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "huginn_db.cli",
+        "tokenizer",
+        "train",
+        "--input",
+        str(stories),
+        "--vocab-size",
+        "700",
+        "--out",
+        str(out),
+        "--model-type",
+        "unigram",
+    ]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
@@ -108,5 +122,19 @@ def test_cli_trains_and_reports_round_trip(stories, tmp_path):
 
 
 def test_cli_bad_input(tmp_path, capsys):
-    assert main(["train", "--input", str(tmp_path / "missing.txt"), "--vocab-size", "800", "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "tokenizer",
+                "train",
+                "--input",
+                str(tmp_path / "missing.txt"),
+                "--vocab-size",
+                "800",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert capsys.readouterr().err.strip() == f"huginn-db: error: input file not found: {tmp_path / 'missing.txt'}"

@@ -5,6 +5,7 @@ Each turns one file format of the shared data directory (schemas: shared/data/RE
 YAML's dataset_kwargs (absolute: huginn_db.lm_eval substitutes the data root); lm-eval also
 passes the task metadata, which the loaders ignore (**_).
 """
+
 from __future__ import annotations
 
 import json
@@ -51,21 +52,26 @@ def reasoning(family: str, difficulty: int, checkpoint: str | None = None, **_) 
 def text_blocks(data_files: dict, **_) -> dict[str, datasets.Dataset]:
     """Plain text, one document per blank-line-separated block (TinyStories marks no story
     boundaries, so these are paragraphs — the documents huginn_db.data.text trains on)."""
+
     def make(path):
         blocks = re.split(r"\n\s*\n", Path(path).read_text(encoding="utf-8"))
         return [{"text": b.strip("\n")} for b in blocks if b.strip()]
+
     return _splits(make, data_files)
 
 
 def lines(data_files: dict, **_) -> dict[str, datasets.Dataset]:
     """One document per non-empty line (LM1B: one tokenized sentence per line)."""
+
     def make(path):
         return [{"text": line} for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
     return _splits(make, data_files)
 
 
 def wikitext_articles(data_files: dict, **_) -> dict[str, datasets.Dataset]:
     """Tokenized WikiText-2 split into articles at title lines; each page is its raw lines."""
+
     def make(path):
         pages = []
         for line in Path(path).read_text(encoding="utf-8").splitlines(keepends=True):
@@ -74,6 +80,7 @@ def wikitext_articles(data_files: dict, **_) -> dict[str, datasets.Dataset]:
             if pages:  # the blank line before the first title belongs to no article
                 pages[-1].append(line)
         return [{"page": "".join(p)} for p in pages]
+
     return _splits(make, data_files)
 
 
@@ -83,13 +90,24 @@ def arc(data_files: dict, **_) -> dict[str, datasets.Dataset]:
     the original split in its order (the GenMC Challenge-Test copy lacks 2 items the
     letter-labelled file supplies): `_merge_in_order` puts every item at its original place, so
     `--limit N` takes the same first N items as stock."""
+
     def make(paths):
         docs = []
         for path in [paths] if isinstance(paths, str) else paths:
             docs = _merge_in_order(docs, _jsonl(path), path)
-        return [{"id": d["id"], "question": d["question"]["stem"], "answerKey": d["answerKey"],
-                 "choices": {"text": [c["text"] for c in d["question"]["choices"]],
-                             "label": [c["label"] for c in d["question"]["choices"]]}} for d in docs]
+        return [
+            {
+                "id": d["id"],
+                "question": d["question"]["stem"],
+                "answerKey": d["answerKey"],
+                "choices": {
+                    "text": [c["text"] for c in d["question"]["choices"]],
+                    "label": [c["label"] for c in d["question"]["choices"]],
+                },
+            }
+            for d in docs
+        ]
+
     return _splits(make, data_files)
 
 
@@ -116,9 +134,10 @@ def _merge_in_order(a: list[dict], b: list[dict], name: str) -> list[dict]:
     merged = []
     for (only_a, shared), (only_b, _) in zip(gaps(a, in_b), gaps(b, in_a)):
         if only_a and only_b:
-            raise ValueError(f"{name}: cannot place {only_b[0]['id']}: the files before it hold other items "
-                             f"({only_a[0]['id']}, ...) in the same gap"
-                             + (f" before {shared['id']}" if shared else " at the end"))
+            raise ValueError(
+                f"{name}: cannot place {only_b[0]['id']}: the files before it hold other items "
+                f"({only_a[0]['id']}, ...) in the same gap" + (f" before {shared['id']}" if shared else " at the end")
+            )
         merged += only_a + only_b + ([shared] if shared else [])
     return merged
 
@@ -143,9 +162,14 @@ def hellaswag(path: str, **_) -> dict[str, datasets.Dataset]:
     if len(text) % 6:
         raise ValueError(f"{path}: {len(text)} lines is not 6 per item")
     items = [text[i : i + 6] for i in range(0, len(text), 6)]
-    return {"validation": datasets.Dataset.from_list(
-        [{"query": _hellaswag_query(it[0]), "label": int(it[1]), "choices": [_unbracket(e) for e in it[2:6]]}
-         for it in items])}
+    return {
+        "validation": datasets.Dataset.from_list(
+            [
+                {"query": _hellaswag_query(it[0]), "label": int(it[1]), "choices": [_unbracket(e) for e in it[2:6]]}
+                for it in items
+            ]
+        )
+    }
 
 
 def _hellaswag_query(line: str) -> str:

@@ -19,6 +19,7 @@ margin is not eaten by sampling noise: at 2,000 problems and chance 0.2 one stan
 the share of those test prompts that also occur in the training sample (memorisation, not
 reasoning, could answer them).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,7 +64,8 @@ class NaiveBayes:
 
         def logp(a):
             return math.log(self.prior[a]) + sum(
-                n * math.log((self.counts[a][t] + 1) / (self.totals[a] + V)) for t, n in bag.items())
+                n * math.log((self.counts[a][t] + 1) / (self.totals[a] + V)) for t, n in bag.items()
+            )
 
         return max(sorted(self.prior), key=logp)
 
@@ -81,8 +83,8 @@ def predictors(family, train: list[tuple[str, str]], answers: set[str]) -> dict[
     if hasattr(family, "last_statement_value"):
         preds["last_statement"] = family.last_statement_value
     for k in range(POSITIONS):
-        preds[f"pos+{k}"] = lambda p, k=k: (a[k] if k < len(a := _atoms(p, answers)) else None)
-        preds[f"pos-{k + 1}"] = lambda p, k=k: (a[-k - 1] if k < len(a := _atoms(p, answers)) else None)
+        preds[f"pos+{k}"] = lambda p, k=k: a[k] if k < len(a := _atoms(p, answers)) else None
+        preds[f"pos-{k + 1}"] = lambda p, k=k: a[-k - 1] if k < len(a := _atoms(p, answers)) else None
     return preds
 
 
@@ -104,20 +106,33 @@ def audit(corpus, examples: int = 2000) -> list[dict]:
         best = max(scores, key=scores.get)
         seen = {p for p, _ in train}
         chance = family.chance(d)
-        rows.append({"difficulty": d, "n": len(test), "chance": chance, "best": best, "best_accuracy": scores[best],
-                     "pass": scores[best] <= chance + MARGIN,
-                     "train_overlap": sum(p in seen for p, _ in test) / len(test), "scores": scores})
+        rows.append(
+            {
+                "difficulty": d,
+                "n": len(test),
+                "chance": chance,
+                "best": best,
+                "best_accuracy": scores[best],
+                "pass": scores[best] <= chance + MARGIN,
+                "train_overlap": sum(p in seen for p, _ in test) / len(test),
+                "scores": scores,
+            }
+        )
     return rows
 
 
 def format_audit(rows: list[dict], title: str = "") -> str:
     lines = [title] if title else []
-    lines += ["| difficulty | n | chance | best trivial predictor | its accuracy | margin | train overlap | |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| difficulty | n | chance | best trivial predictor | its accuracy | margin | train overlap | |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| d{r['difficulty']} | {r['n']} | {r['chance']:.3f} | {r['best']} | {r['best_accuracy']:.3f} | "
-                     f"{r['best_accuracy'] - r['chance']:+.3f} | {r['train_overlap']:.2f} | "
-                     f"{'pass' if r['pass'] else 'FAIL'} |")
+        lines.append(
+            f"| d{r['difficulty']} | {r['n']} | {r['chance']:.3f} | {r['best']} | {r['best_accuracy']:.3f} | "
+            f"{r['best_accuracy'] - r['chance']:+.3f} | {r['train_overlap']:.2f} | "
+            f"{'pass' if r['pass'] else 'FAIL'} |"
+        )
     return "\n".join(lines)
 
 
@@ -125,34 +140,37 @@ def main(argv: list[str] | None = None) -> int:
     from huginn_db.config import ConfigError, load_config
     from huginn_db.data.reasoning import ReasoningCorpus
 
-    ap = argparse.ArgumentParser(prog="huginn-db audit", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="huginn-db audit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("recipe")
     ap.add_argument("--examples", type=int, default=2000, help="test problems scored per difficulty")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_intermixed_args(argv)
+    cfg = load_config(args.recipe, args.overrides)
+    if cfg.data.name != "reasoning":
+        raise ConfigError(f"data.name={cfg.data.name!r}: the audit applies to the reasoning families")
     try:
-        cfg = load_config(args.recipe, args.overrides)
-        if cfg.data.name != "reasoning":
-            raise ConfigError(f"data.name={cfg.data.name!r}: the audit applies to the reasoning families")
         corpus = ReasoningCorpus(cfg.data.reasoning, cfg.seed)
-    except (ConfigError, ValueError) as err:
-        print(f"huginn-db: error: {err}", file=sys.stderr)
-        return 2
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     rows = audit(corpus, args.examples)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(format_audit(rows, f"shortcut audit: family {cfg.data.reasoning.family}, "
-                                 f"{args.examples} test problems per difficulty"))
+        print(
+            format_audit(
+                rows,
+                f"shortcut audit: family {cfg.data.reasoning.family}, {args.examples} test problems per difficulty",
+            )
+        )
     failed = [r for r in rows if not r["pass"]]
     if failed:
-        print(f"huginn-db: the family fails the shortcut audit at d{failed[0]['difficulty']}: {failed[0]['best']} "
-              f"scores {failed[0]['best_accuracy']:.3f} against chance {failed[0]['chance']:.3f}", file=sys.stderr)
+        print(
+            f"huginn-db: the family fails the shortcut audit at d{failed[0]['difficulty']}: {failed[0]['best']} "
+            f"scores {failed[0]['best_accuracy']:.3f} against chance {failed[0]['chance']:.3f}",
+            file=sys.stderr,
+        )
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

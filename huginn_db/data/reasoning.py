@@ -14,54 +14,16 @@ difficulty (a one-step problem is shallow by definition).
 Sequence layout: BOS + prompt + answer + EOS. The loss covers the answer and EOS predictions,
 plus the prompt tokens at `prompt_loss_weight` (the answer alone is a few tokens per sequence).
 """
+
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from huginn_db.data.families import FAMILIES, ChainConfig, CupsConfig, JsonlConfig, ModSumConfig, PermConfig
-from huginn_db.tokenizer import until_eos
-
-SPECIALS = ["<pad>", "<bos>", "<eos>"]
-ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz=;+-*?"  # ids stay fixed; families append what else they use
-
-
-class CharTokenizer:
-    """Character-level tokenizer: the base alphabet (45 symbols with specials) plus `extra`."""
-
-    name = "reasoning"
-
-    def __init__(self, extra: str = ""):
-        self.itos = SPECIALS + list(ALPHABET) + sorted(set(extra) - set(ALPHABET))
-        self.stoi = {s: i for i, s in enumerate(self.itos)}
-        self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
-
-    @classmethod
-    def from_itos(cls, itos: list[str]) -> "CharTokenizer":
-        tok = cls()
-        if itos[: len(tok.itos)] != tok.itos:
-            raise ValueError("tokenizer.json: its symbols do not start with the reasoning alphabet")
-        return cls("".join(itos[len(tok.itos):]))
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.itos)
-
-    def encode(self, text: str) -> list[int]:
-        try:
-            return [self.stoi[c] for c in text]
-        except KeyError as err:
-            raise ValueError(f"character {err.args[0]!r} is not in the reasoning alphabet") from None
-
-    def decode(self, ids) -> str:
-        return "".join(self.itos[i] for i in until_eos(ids, self.eos_id) if i >= len(SPECIALS))
-
-    def save(self, directory: str | Path) -> None:
-        Path(directory, "tokenizer.json").write_text(json.dumps({"type": self.name, "itos": self.itos}))
+from huginn_db.tokenizer import ALPHABET, SPECIALS, CharTokenizer, until_eos  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -98,9 +60,15 @@ class ReasoningConfig:
         for key, low in (("train_difficulties", 0), ("test_difficulties", 1)):
             ds = getattr(self, key)
             if not ds or min(ds) < low:
-                raise ValueError(f"{key} must be a non-empty list of integers >= {low}, got {ds}"
-                                 + (" (difficulty 0, no composition at all, is a training warm-up: it fails the "
-                                    "shortcut audit by construction)" if low else ""))
+                raise ValueError(
+                    f"{key} must be a non-empty list of integers >= {low}, got {ds}"
+                    + (
+                        " (difficulty 0, no composition at all, is a training warm-up: it fails the "
+                        "shortcut audit by construction)"
+                        if low
+                        else ""
+                    )
+                )
         if self.test_examples < 1:
             raise ValueError(f"test_examples must be >= 1, got {self.test_examples}")
         if self.test_seed < 0:  # numpy seeds are non-negative
@@ -145,8 +113,9 @@ class ReasoningCorpus:
         rng = np.random.default_rng([self.seed if seed is None else seed, 2, difficulty])
         return [self.family.sample(rng, difficulty) for _ in range(n)]
 
-    def train_batch(self, batch_size: int, step: int, micro: int = 0, rank: int = 0, world: int = 1,
-                    grad_accum: int = 1) -> dict[str, torch.Tensor]:
+    def train_batch(
+        self, batch_size: int, step: int, micro: int = 0, rank: int = 0, world: int = 1, grad_accum: int = 1
+    ) -> dict[str, torch.Tensor]:
         """Micro-batch `micro` of `step` for data-parallel `rank`: a pure function of the global
         micro-batch slot (step·grad_accum + micro)·world + rank, so 2 ranks × 1 micro-batch see
         exactly the samples of 1 rank × 2 micro-batches (same global batch, same data)."""
@@ -168,8 +137,11 @@ class ReasoningCorpus:
     def test_set(self, examples: int | None = None) -> list[dict]:
         """Fixed held-out problems: `test_examples` per test difficulty, own seed stream."""
         n = examples or self.cfg.test_examples
-        return [{"difficulty": d, "prompt": p, "answer": a} for d in self.cfg.test_difficulties
-                for p, a in self.family.test_problems(d, n, self.cfg.test_seed)]
+        return [
+            {"difficulty": d, "prompt": p, "answer": a}
+            for d in self.cfg.test_difficulties
+            for p, a in self.family.test_problems(d, n, self.cfg.test_seed)
+        ]
 
 
 def score(examples: list[dict], generations: list[str]) -> dict[str, float]:

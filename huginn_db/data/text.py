@@ -25,6 +25,7 @@ Streaming (`streaming=True`)
   window starting at r. Batches are still pure functions of their indices, but every rank reads the
   whole stream and reaching step s means re-reading all windows before it.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -62,7 +63,7 @@ class TextConfig:
     """The hub dataset's configuration name (load_dataset's `name`)."""
     split: str = "train"
     """Hub split; a local file is a split of its own."""
-    format: str = "auto"
+    format: TextFormat = "auto"
     """auto (by extension) | text | json | parquet."""
     text_field: str = "text"
     """json/parquet/hub column; plain text always has "text"."""
@@ -85,8 +86,10 @@ class TextConfig:
         # messages name the bare field; the recipe loader prefixes the section ("data.text.")
         # Neither files nor dataset is the default (a reasoning run): TextCorpus refuses that.
         if self.files and self.dataset:
-            raise ValueError(f"files and dataset are both set (dataset={self.dataset!r}); set exactly one: "
-                             f"local files or a hub dataset")
+            raise ValueError(
+                f"files and dataset are both set (dataset={self.dataset!r}); set exactly one: "
+                f"local files or a hub dataset"
+            )
         if self.format not in typing.get_args(TextFormat):
             raise ValueError(f"format must be {'|'.join(typing.get_args(TextFormat))}, got {self.format!r}")
         if self.seq_len < 1:
@@ -127,7 +130,7 @@ def _describe(err: BaseException, fmt: str | None) -> str:
         seen = seen.__cause__ or seen.__context__
     for e in chain:
         if isinstance(e, UnicodeDecodeError):
-            return f"is not valid UTF-8 ({e.reason}: byte {e.object[e.start:e.start + 1]!r})"
+            return f"is not valid UTF-8 ({e.reason}: byte {e.object[e.start : e.start + 1]!r})"
     root = next((e for e in chain if type(e).__name__ != "DatasetGenerationError"), err)
     msg = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
     if fmt == "json" and any(isinstance(e, ValueError) for e in chain):  # pyarrow's ArrowInvalid is one
@@ -185,8 +188,10 @@ class TextCorpus:
         suffixes = [s for s in path.suffixes if s not in COMPRESSIONS]
         fmt = EXTENSION_FORMATS.get(suffixes[-1].lower() if suffixes else "")
         if fmt is None:
-            raise ValueError(f"data.text: cannot tell the format of {path} from its extension; "
-                             "set data.text.format to text, json or parquet")
+            raise ValueError(
+                f"data.text: cannot tell the format of {path} from its extension; "
+                "set data.text.format to text, json or parquet"
+            )
         return fmt
 
     # --- documents ------------------------------------------------------------------------------
@@ -196,8 +201,14 @@ class TextCorpus:
         import datasets  # slow import; only text runs pay for it
 
         try:
-            ds = datasets.load_dataset(src.path, src.name, data_files=src.data_files, split=src.split,
-                                       streaming=streaming, cache_dir=_cache_dir())
+            ds = datasets.load_dataset(
+                src.path,
+                src.name,
+                data_files=src.data_files,
+                split=src.split,
+                streaming=streaming,
+                cache_dir=_cache_dir(),
+            )
             yield from ds.iter(batch_size=1024)
         except Exception as err:
             raise ValueError(f"data.text: {src.label} {_describe(err, src.format)}") from None
@@ -208,12 +219,13 @@ class TextCorpus:
         count, lines = 0, []
         for batch in self._rows(src, streaming):
             if column not in batch:
-                raise ValueError(f"data.text: {src.label} has no field {column!r} (columns: "
-                                 f"{', '.join(batch)}); set data.text.text_field")
+                raise ValueError(
+                    f"data.text: {src.label} has no field {column!r} (columns: "
+                    f"{', '.join(batch)}); set data.text.text_field"
+                )
             for value in batch[column]:
                 if value is not None and not isinstance(value, str):
-                    raise ValueError(f"data.text: {src.label}: field {column!r} holds "
-                                     f"{type(value).__name__}, not text")
+                    raise ValueError(f"data.text: {src.label}: field {column!r} holds {type(value).__name__}, not text")
                 if src.format == "text" and self.cfg.blank_line_docs:
                     if value.strip():
                         lines.append(value)
@@ -237,12 +249,16 @@ class TextCorpus:
         try:
             return self.tokenizer.encode(doc) + [self.tokenizer.eos_id]
         except ValueError as err:  # only the reasoning tokenizer rejects characters
-            raise ValueError(f"data.text.tokenizer={self.cfg.tokenizer!r} cannot encode this corpus: {err}; "
-                             "train one with `huginn-db tokenizer train` and point data.text.tokenizer at it") from None
+            raise ValueError(
+                f"data.text.tokenizer={self.cfg.tokenizer!r} cannot encode this corpus: {err}; "
+                "train one with `huginn-db tokenizer train` and point data.text.tokenizer at it"
+            ) from None
 
     def _too_small(self, split: str, tokens: int) -> ValueError:
-        return ValueError(f"data.text: the {split} split has {tokens} tokens but one sequence needs "
-                          f"seq_len + 1 = {self._window}; add data or lower data.text.seq_len")
+        return ValueError(
+            f"data.text: the {split} split has {tokens} tokens but one sequence needs "
+            f"seq_len + 1 = {self._window}; add data or lower data.text.seq_len"
+        )
 
     def _pack(self, docs: list[str], split: str) -> np.ndarray:
         """(n, seq_len + 1) consecutive windows of the eos-separated token stream."""
@@ -258,8 +274,9 @@ class TextCorpus:
         docs = list(self._all_documents(streaming=False))
         n_val = max(1, round(self.cfg.val_fraction * len(docs)))
         if len(docs) <= n_val:
-            raise ValueError(f"data.text: {len(docs)} document(s) cannot be split into train and val "
-                             f"({n_val} held out); add data")
+            raise ValueError(
+                f"data.text: {len(docs)} document(s) cannot be split into train and val ({n_val} held out); add data"
+            )
         order = np.random.default_rng([self.seed, 0]).permutation(len(docs))
         # sorted: each split keeps corpus order, so neighbouring text stays together in a window
         self.val_doc_indices, self.train_doc_indices = np.sort(order[:n_val]), np.sort(order[n_val:])
@@ -280,16 +297,21 @@ class TextCorpus:
 
         head = list(itertools.islice(self._all_documents(streaming=True), self.cfg.val_docs + 1))
         if len(head) <= self.cfg.val_docs:
-            raise ValueError(f"data.text: the stream has {len(head)} document(s), all held out by "
-                             f"data.text.val_docs={self.cfg.val_docs}; lower it or add data")
+            raise ValueError(
+                f"data.text: the stream has {len(head)} document(s), all held out by "
+                f"data.text.val_docs={self.cfg.val_docs}; lower it or add data"
+            )
         self._val = self._pack(head[: self.cfg.val_docs], "val")
 
         def documents():
             yield from ({"text": d} for d in self._all_documents(streaming=True))
 
         # shuffling is a buffer shuffle: shuffle_buffer documents at a time, seeded by seed + epoch
-        self._train_stream = IterableDataset.from_generator(documents).skip(self.cfg.val_docs).shuffle(
-            seed=self.seed, buffer_size=self.cfg.shuffle_buffer)
+        self._train_stream = (
+            IterableDataset.from_generator(documents)
+            .skip(self.cfg.val_docs)
+            .shuffle(seed=self.seed, buffer_size=self.cfg.shuffle_buffer)
+        )
         self._windows: Iterator[list[int]] | None = None
         self._next = 0  # index of the window self._windows yields next
 
@@ -341,15 +363,20 @@ class TextCorpus:
     @staticmethod
     def _batch(windows: np.ndarray) -> dict[str, torch.Tensor]:
         ids = torch.from_numpy(np.asarray(windows, dtype=np.int64))
-        return {"input_ids": ids[:, :-1], "target_ids": ids[:, 1:],
-                "loss_weight": torch.ones(ids.shape[0], ids.shape[1] - 1)}
+        return {
+            "input_ids": ids[:, :-1],
+            "target_ids": ids[:, 1:],
+            "loss_weight": torch.ones(ids.shape[0], ids.shape[1] - 1),
+        }
 
-    def train_batch(self, batch_size: int, step: int, micro: int = 0, rank: int = 0, world: int = 1,
-                    grad_accum: int = 1) -> dict[str, torch.Tensor]:
+    def train_batch(
+        self, batch_size: int, step: int, micro: int = 0, rank: int = 0, world: int = 1, grad_accum: int = 1
+    ) -> dict[str, torch.Tensor]:
         """Micro-batch `micro` of `step` for data-parallel `rank`: a pure function of its indices."""
         if batch_size < 1 or step < 0 or not 0 <= micro < grad_accum or not 0 <= rank < world:
-            raise ValueError(f"bad batch indices: batch_size={batch_size} step={step} micro={micro}/{grad_accum} "
-                             f"rank={rank}/{world}")
+            raise ValueError(
+                f"bad batch indices: batch_size={batch_size} step={step} micro={micro}/{grad_accum} rank={rank}/{world}"
+            )
         g = step * grad_accum + micro
         if self.cfg.streaming:
             first = g * batch_size * world + rank  # rank r takes windows r, r + world, ...
@@ -357,9 +384,11 @@ class TextCorpus:
         n = len(self._train)
         need = batch_size * world
         if need > n:
-            raise ValueError(f"data.text: the train split has {n} sequences ({n * self._window} tokens) but one "
-                             f"micro-batch over all ranks needs {need} ({need * self._window} tokens); "
-                             "add data or lower seq_len / micro_batch_size")
+            raise ValueError(
+                f"data.text: the train split has {n} sequences ({n * self._window} tokens) but one "
+                f"micro-batch over all ranks needs {need} ({need * self._window} tokens); "
+                "add data or lower seq_len / micro_batch_size"
+            )
         idx = (g * world + rank) * batch_size + np.arange(batch_size)
         rows = [self._epoch_perm(int(e))[o] for e, o in zip(idx // n, idx % n)]
         return self._batch(self._train[rows])

@@ -22,6 +22,7 @@ A family class has `name`, `config` (its dataclass, a section of data.reasoning)
 and optionally `last_statement_value(prompt)` (the value the prompt's last statement computes,
 a shortcut the audit scores).
 """
+
 from __future__ import annotations
 
 from huginn_db.data.families.chain import ChainConfig, ChainFamily

@@ -1,4 +1,5 @@
 """What the generated families share."""
+
 from __future__ import annotations
 
 import numpy as np

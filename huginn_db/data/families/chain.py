@@ -14,6 +14,7 @@ answer needs d lookups-and-updates in sequence. What keeps shallow readings at c
   constant is a bijection too), so the answer is no constant written in the prompt more
   often than chance.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -62,9 +63,11 @@ class ChainFamily(GeneratedFamily):
     def check(self, difficulties: list[int]) -> None:
         need = self.cfg.chains * (max(difficulties) + 1) + self.cfg.distractors
         if need > len(NAMES):
-            raise ValueError(f"data.reasoning.chain: difficulty {max(difficulties)} with {self.cfg.chains} chains and "
-                             f"{self.cfg.distractors} distractors needs up to {need} variables, more than the "
-                             f"{len(NAMES)} letters; lower chains, distractors or the difficulty")
+            raise ValueError(
+                f"data.reasoning.chain: difficulty {max(difficulties)} with {self.cfg.chains} chains and "
+                f"{self.cfg.distractors} distractors needs up to {need} variables, more than the "
+                f"{len(NAMES)} letters; lower chains, distractors or the difficulty"
+            )
 
     def chance(self, difficulty: int) -> float:
         return 1.0 / self.cfg.modulus

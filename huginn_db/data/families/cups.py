@@ -14,6 +14,7 @@ demo's budget, and with it one-swap-more games (d = 1) are a 27-entry table that
 reader half solves. More cups make short games easy to guess (a swap leaves most cups alone):
 the audit flags both.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -44,7 +45,9 @@ class CupsFamily(GeneratedFamily):
 
     def __init__(self, cfg: CupsConfig):
         super().__init__(cfg)
-        self.moves = {chr(ord("a") + k): pair for k, pair in enumerate(itertools.combinations(range(1, cfg.cups + 1), 2))}
+        self.moves = {
+            chr(ord("a") + k): pair for k, pair in enumerate(itertools.combinations(range(1, cfg.cups + 1), 2))
+        }
 
     def chance(self, difficulty: int) -> float:
         return 1.0 / self.cfg.cups

@@ -7,6 +7,7 @@ set of difficulty d is the test file's problems of that difficulty, in file orde
 per-difficulty scoring, the lm-eval tasks and the shortcut audit are those of the built-in
 families; the character vocabulary is extended by whatever the files use.
 """
+
 from __future__ import annotations
 
 import json
@@ -77,8 +78,10 @@ class JsonlFamily:
         have = self.train if split == "train" else self.test
         missing = [d for d in difficulties if d not in have]
         if missing:
-            raise ValueError(f"data.reasoning.{split}_difficulties: {getattr(self.cfg, split)} has no problems of "
-                             f"difficulty {missing[0]} (it has {sorted(have)})")
+            raise ValueError(
+                f"data.reasoning.{split}_difficulties: {getattr(self.cfg, split)} has no problems of "
+                f"difficulty {missing[0]} (it has {sorted(have)})"
+            )
 
     def sample(self, rng: np.random.Generator, difficulty: int) -> tuple[str, str]:
         pool = self.train[difficulty]

@@ -7,6 +7,7 @@ operand: no position, first or last constant beats chance. The sum is order-inva
 so a network can also read it off the histogram of the digits without iterating — which is
 what this family measures against `perm`, whose operation does not commute.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

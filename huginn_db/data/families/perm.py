@@ -8,6 +8,7 @@ of any single element: no position or symbol count beats chance. Unlike `modsum`
 operation does not commute, so the product cannot be read off the histogram of the letters;
 only its sign (the parity of the odd elements) can, which is worth 1/3 instead of 1/6.
 """
+
 from __future__ import annotations
 
 import itertools

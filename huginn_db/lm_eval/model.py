@@ -1,0 +1,303 @@
+"""The lm-eval model `huginn_db`: a huginn_db run or export directory as a `TemplateLM` (see
+the package docstring for its options, scores and randomness)."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import zlib
+from collections import defaultdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
+from tqdm import tqdm
+
+from huginn_db.checkpoint import load_run
+from huginn_db.objectives import greedy_tokens
+from huginn_db.tokenizer import load_tokenizer
+
+log = logging.getLogger("huginn_db.lm_eval")
+
+DTYPES = {"float32": None, "bfloat16": torch.bfloat16}  # None: no autocast
+
+
+# --- the model --------------------------------------------------------------------------------
+
+
+def _distributed(device_type: str) -> tuple[int, int]:
+    """(rank, world_size) from the launcher's environment; joins the process group if needed."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return int(os.environ.get("RANK", 0)), world
+
+
+@register_model("huginn_db")
+class HuginnLM(TemplateLM):
+    """A huginn_db run or export directory as an lm-eval model (see the module docstring)."""
+
+    def __init__(
+        self,
+        checkpoint: str,
+        num_steps: int | None = None,
+        sampler: str | None = None,
+        seed: int = 0,
+        batch_size: int | str = 8,
+        dtype: str = "float32",
+        device: str | None = None,
+        score: str | None = None,
+        max_gen_toks: int = 256,
+    ):
+        super().__init__()
+        cfg, model, objective = load_run(checkpoint)
+        self.objective, self.tok = objective, load_tokenizer(checkpoint)
+        if self.tok.vocab_size > cfg.model.vocab_size:
+            raise ValueError(
+                f"{checkpoint}: tokenizer has {self.tok.vocab_size} tokens, the model {cfg.model.vocab_size}"
+            )
+        kind = type(objective)  # what scoring and samplers this objective's inference offers
+        self.score_name = score or kind.scores[0]
+        if self.score_name not in kind.scores:
+            raise ValueError(f"score must be {'|'.join(kind.scores)} for a {objective.name} model, got {score!r}")
+        if kind.samplers:
+            self.sampler = sampler or objective.cfg.sampler
+            if self.sampler not in kind.samplers:
+                raise ValueError(f"sampler must be {'|'.join(kind.samplers)}, got {sampler!r}")
+            self._sampler_kw = {"sampler": self.sampler}
+        elif sampler is not None:
+            raise ValueError(f"sampler= does not apply to a {objective.name} model (it has no ODE sampler)")
+        else:
+            self.sampler, self._sampler_kw = None, {}
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if str(batch_size).startswith("auto"):
+            raise ValueError("batch_size=auto is not supported; give a number")
+        self.num_steps = int(num_steps) if num_steps else objective.default_num_steps
+        self.seed, self.batch_size, self.max_gen_toks = int(seed), int(batch_size), int(max_gen_toks)
+        self._autocast_dtype = DTYPES[dtype]
+
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if device.type == "cuda" and not torch.cuda.is_available():
+            log.warning("CUDA is not available; evaluating on the CPU")  # lm-eval's CLI asks for cuda:0 by default
+            device = torch.device("cpu")
+        self._rank, self._world_size = _distributed(device.type)
+        if device.type == "cuda" and self._world_size > 1:  # one GPU per rank, whatever index the CLI passed
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        self._device = device
+        self.model = model.to(self._device)
+        self.context_len = cfg.model.context
+        self._warned_sampling = False
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+        """As lm-eval's, except that model_args win over the CLI's --batch_size/--device (the
+        CLI always passes a batch size, which would otherwise clash with batch_size=)."""
+        extra = {
+            k: v
+            for k, v in (additional_config or {}).items()
+            if v is not None and k not in arg_dict and k != "max_batch_size"
+        }  # max_batch_size: for batch_size=auto only
+        return cls(**arg_dict, **extra)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    # -- TemplateLM plumbing --
+    @property
+    def eot_token_id(self) -> int:
+        return self.tok.eos_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        return self.tok.bos_id
+
+    @property
+    def max_length(self) -> int:
+        return self.context_len
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        """Token ids, BOS first unless add_special_tokens=False."""
+        ids = self.tok.encode(string)
+        return ids if add_special_tokens is False else [self.tok.bos_id] + ids
+
+    def tok_decode(self, tokens) -> str:
+        return self.tok.decode(tokens)
+
+    # -- the model's randomness --
+    def request_seed(self, tokens: list[int]) -> int:
+        """Seed of a request's random draws: a function of (seed, its tokens) only."""
+        key = zlib.crc32(np.asarray(tokens, dtype=np.int64).tobytes())
+        return int(np.random.SeedSequence([self.seed, key]).generate_state(1)[0])
+
+    def noise(self, tokens: list[int]) -> torch.Tensor:
+        """The per-position random draws (1, T, h) a request over these tokens gets."""
+        g = torch.Generator().manual_seed(self.request_seed(tokens))
+        return self.objective.noise(self.model, 1, len(tokens), g)
+
+    def _autocast(self):
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self._device.type, dtype=self._autocast_dtype)
+
+    @torch.no_grad()
+    def _logprobs(self, rows: list[list[int]]) -> torch.Tensor:
+        """Next-token log-probs (B, T, V) of right-padded rows under the chosen score."""
+        T = max(map(len, rows))
+        ids = torch.full((len(rows), T), self.tok.pad_id, dtype=torch.long)
+        noise = torch.zeros(len(rows), T, self.model.cfg.hidden)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            noise[i, : len(r)] = self.noise(r)[0]
+        steps = 1 if self.score_name == "context" else self.num_steps
+        with self._autocast():
+            logits = self.objective.logits(self.model, ids.to(self._device), steps, noise=noise, **self._sampler_kw)
+        return F.log_softmax(logits.float(), dim=-1)
+
+    # -- requests --
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """Empty continuations score (0.0, True); TemplateLM would index their empty token list."""
+        scored = [r for r in requests if r.args[1]]
+        results = iter(super().loglikelihood(scored, disable_tqdm) if scored else [])
+        return [next(results) if r.args[1] else (0.0, True) for r in requests]
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        """requests: (cache key or None, context ids, continuation ids).
+
+        A continuation longer than the model context is scored in pieces of at most
+        max_length tokens, each conditioned on as much preceding text as fits.
+        """
+        L = self.context_len
+        pieces = [
+            (i, ctx + cont[:a], cont[a : a + L])
+            for i, (_, ctx, cont) in enumerate(requests)
+            for a in range(0, len(cont), L)
+        ]
+        # longest first (as HFLM): the first batch shows the peak memory, padding stays small
+        pieces.sort(key=lambda p: (-len(p[1]) - len(p[2]), tuple(p[1] + p[2])))
+        logprob, greedy = [0.0] * len(requests), [True] * len(requests)
+        bar = tqdm(total=len(pieces), desc="huginn_db loglikelihood", disable=disable_tqdm or self.rank != 0)
+        for start in range(0, len(pieces), self.batch_size):
+            chunk = pieces[start : start + self.batch_size]
+            rows = [(ctx + cont)[-(L + 1) :][:-1] for _, ctx, cont in chunk]
+            logprobs = self._logprobs(rows)
+            for row, ((i, _, cont), inp) in enumerate(zip(chunk, rows)):
+                lp = logprobs[row, len(inp) - len(cont) : len(inp)]
+                target = torch.tensor(cont, device=lp.device)
+                logprob[i] += float(lp.gather(-1, target[:, None]).sum())
+                greedy[i] &= bool((lp.argmax(-1) == target).all())
+            bar.update(len(chunk))
+        bar.close()
+        out = list(zip(logprob, greedy))
+        for (key, _, _), result in zip(requests, out):
+            if key is not None:
+                self.cache_hook.add_partial("loglikelihood", key, result)
+        return out
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """Sum over disjoint windows of at most max_length predicted tokens, each conditioned on
+        as much preceding text as fits (BOS before the first): every token scored once."""
+        windows, owner = [], []
+        for i, req in enumerate(requests):
+            tokens = self.tok_encode(req.args[0], add_special_tokens=False)
+            for ctx, cont in map(
+                make_disjoint_window,
+                get_rolling_token_windows(
+                    token_list=tokens, prefix_token=self.prefix_token_id, max_seq_len=self.max_length, context_len=1
+                ),
+            ):
+                windows.append((None, ctx, cont))
+                owner.append(i)
+        totals = [0.0] * len(requests)
+        for i, (ll, _) in zip(owner, self._loglikelihood_tokens(windows, disable_tqdm)):
+            totals[i] += ll
+        for req, total in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
+        return totals
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        prepared, by_length = [], defaultdict(list)
+        for i, req in enumerate(requests):
+            context, kwargs = req.args
+            kwargs = dict(kwargs)
+            until = kwargs.pop("until", None) or []
+            until = [u for u in ([until] if isinstance(until, str) else until) if u]
+            if (kwargs.get("do_sample") or (kwargs.get("temperature") or 0) > 0) and not self._warned_sampling:
+                log.warning("huginn_db decodes greedily; do_sample/temperature are ignored")
+                self._warned_sampling = True
+            max_gen = min(int(kwargs.get("max_gen_toks", self.max_gen_toks)), self.context_len - 1)
+            tokens = self.tok_encode(context)[-(self.context_len - max_gen) :]
+            prepared.append((tokens, until, max_gen))
+            by_length[len(tokens)].append(i)
+        out: list[str | None] = [None] * len(requests)
+        bar = tqdm(total=len(requests), desc="huginn_db generate_until", disable=disable_tqdm or self.rank != 0)
+        for length in sorted(by_length, reverse=True):
+            group = by_length[length]
+            for start in range(0, len(group), self.batch_size):
+                chunk = group[start : start + self.batch_size]
+                for i, text in zip(chunk, self._generate([prepared[i] for i in chunk])):
+                    out[i] = text
+                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
+                bar.update(len(chunk))
+        bar.close()
+        return out
+
+    @torch.no_grad()
+    def _generate(self, batch: list[tuple[list[int], list[str], int]]) -> list[str]:
+        """Greedy continuations of equal-length prompts, each row stopping on its own."""
+        ids = torch.tensor([tokens for tokens, _, _ in batch], device=self._device)
+        seeds = [self.request_seed(tokens) for tokens, _, _ in batch]
+        new: list[list[int]] = [[] for _ in batch]
+        done = [max_gen == 0 for _, _, max_gen in batch]
+        steps = greedy_tokens(
+            self.objective, self.model, ids, self.num_steps, seeds, use_cache=True, **self._sampler_kw
+        )
+        with self._autocast():
+            for nxt in itertools.islice(steps, max(max_gen for _, _, max_gen in batch)):
+                for j, t in enumerate(nxt.tolist()):
+                    if done[j]:
+                        continue
+                    if t == self.tok.eos_id:
+                        done[j] = True
+                        continue
+                    new[j].append(t)
+                    _, until, max_gen = batch[j]
+                    done[j] = len(new[j]) >= max_gen or any(u in self.tok.decode(new[j]) for u in until)
+                if all(done):
+                    break
+        texts = []
+        for row, (_, until, _) in zip(new, batch):
+            text = self.tok.decode(row)
+            for u in until:
+                text = text.split(u)[0]
+            texts.append(text)
+        return texts
+
+    # -- data parallel: what lm-eval's evaluator calls when world_size > 1 --
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return tensor
+        parts = [torch.zeros_like(tensor) for _ in range(self.world_size)]
+        torch.distributed.all_gather(parts, tensor)
+        return torch.stack(parts) if tensor.dim() == 0 else torch.cat(parts)
+
+    def gather_object(self, obj, dst: int = 0):
+        if self.world_size == 1:
+            return [obj]
+        out = [None] * self.world_size if self.rank == dst else None
+        torch.distributed.gather_object(obj, out, dst=dst)
+        return out
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+
+# --- entry points -----------------------------------------------------------------------------

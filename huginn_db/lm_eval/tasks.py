@@ -1,0 +1,218 @@
+"""lm-eval tasks for huginn_db: the local task directory (eval/tasks with absolute data paths,
+plus the generated reasoning tasks), a run's own benchmark, `evaluate` at several depths and
+`huginn-db eval`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from lm_eval.utils import simple_parse_args_string
+
+from huginn_db.checkpoint import read_config
+from huginn_db.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+TASKS_SRC = REPO / "eval" / "tasks"
+
+
+# --- local tasks ------------------------------------------------------------------------------
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("HUGINN_DB_DATA") or REPO.parent / "shared" / "data").resolve()
+
+
+REASONING_MAX_DIFFICULTY = 16  # reasoning_<family>_d1 … _d16
+REASONING_GROUP = range(1, 9)  # reasoning_<family>: d1–d8
+
+
+def reasoning_tasks() -> dict[str, str]:
+    """{file name: YAML} of the generated reasoning tasks: one per registered family and
+    difficulty, plus a group per generated family (jsonl's difficulties are the user's)."""
+    from huginn_db.data.families import FAMILIES
+
+    files = {}
+    for family in FAMILIES:
+        for d in range(1, REASONING_MAX_DIFFICULTY + 1):
+            files[f"reasoning_{family}_d{d}.yaml"] = (
+                f"include: _reasoning_template_yaml\ntask: reasoning_{family}_d{d}\n"
+                f"dataset_kwargs:\n  family: {family}\n  difficulty: {d}\n"
+            )
+        if family != "jsonl":
+            members = ", ".join(f"reasoning_{family}_d{d}" for d in REASONING_GROUP)
+            files[f"reasoning_{family}.yaml"] = (
+                f"group: reasoning_{family}\ntask: [{members}]\naggregate_metric_list:\n"
+                f"  - metric: exact_match\n    aggregation: mean\n    weight_by_size: true\n"
+                f"metadata:\n  version: 2.0\n"
+            )
+    return files
+
+
+def task_dir(data_root: str | Path | None = None) -> Path:
+    """eval/tasks with ${HUGINN_DB_DATA} and ${LM_EVAL_TASKS} made absolute, plus the
+    generated reasoning tasks (`reasoning_tasks`), for include_path.
+
+    Written once per (data root, lm-eval install, task sources) under the temp dir; a rename
+    publishes it whole, so concurrent ranks never read a half-written copy.
+    """
+    import lm_eval.tasks
+
+    root = Path(data_root).resolve() if data_root else default_data_root()
+    stock = Path(lm_eval.tasks.__file__).resolve().parent
+    sources = sorted(
+        p for p in TASKS_SRC.iterdir() if p.is_file() and (p.suffix in (".yaml", ".py") or p.name.endswith("_yaml"))
+    )
+    generated = reasoning_tasks()
+    digest = hashlib.sha256(f"{root}\n{stock}".encode())
+    for p in sources:
+        digest.update(p.name.encode() + p.read_bytes())
+    for name, text in generated.items():
+        digest.update(name.encode() + text.encode())
+    out = Path(tempfile.gettempdir()) / "huginn_db_tasks" / digest.hexdigest()[:16]
+    if out.is_dir():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent))
+    for p in sources:
+        text = (
+            p.read_text(encoding="utf-8")
+            .replace("${HUGINN_DB_DATA}", str(root))
+            .replace("${LM_EVAL_TASKS}", str(stock))
+        )
+        (staging / p.name).write_text(text, encoding="utf-8")
+    for name, text in generated.items():
+        (staging / name).write_text(text, encoding="utf-8")
+    try:
+        staging.rename(out)
+    except OSError:  # another process published the same copy first
+        shutil.rmtree(staging)
+    return out
+
+
+def default_tasks(cfg) -> list[str]:
+    """The recipe's own benchmark: one task per test difficulty of its reasoning family (the
+    difficulty × depth matrix of the report), or validation perplexity for text."""
+    if cfg.data.name != "reasoning":
+        return ["tinystories_local"]
+    r = cfg.data.reasoning
+    return [f"reasoning_{r.family}_d{d}" for d in r.test_difficulties]
+
+
+def task_manager(tasks: list[str], data_root: str | Path | None = None, metadata: dict | None = None):
+    """lm-eval's TaskManager over the local tasks (lm-eval's own tree only when a task needs
+    it); ValueError naming the first unknown task, which lm-eval would only log and skip."""
+    from lm_eval.tasks import TaskManager
+
+    include = str(task_dir(data_root))
+    local = TaskManager(include_path=include, include_defaults=False, metadata=metadata)
+    manager = (
+        local if all(t in local.all_tasks for t in tasks) else TaskManager(include_path=include, metadata=metadata)
+    )
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], manager.all_tasks, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ValueError(f"unknown task '{unknown[0]}'{hint}; `python -m huginn_db.lm_eval ls tasks` lists them")
+    return manager
+
+
+def evaluate(
+    checkpoint: str | Path,
+    tasks: list[str],
+    num_steps_list: list[int],
+    limit: int | float | None = None,
+    data_root: str | Path | None = None,
+    model_args: dict | None = None,
+    **lm_eval_kwargs,
+) -> dict:
+    """{K: lm_eval.simple_evaluate results} for each test-time depth K, loading the model once.
+
+    model_args: HuginnLM options besides checkpoint/num_steps (score, sampler, seed, ...);
+    lm_eval_kwargs go to simple_evaluate. Only local tasks requested: lm-eval's own task
+    tree is not indexed (seconds saved per call).
+    """
+    from lm_eval import simple_evaluate
+
+    from huginn_db.lm_eval.model import HuginnLM
+
+    # as lm-eval's CLI does with model_args: the reasoning tasks read the checkpoint's recipe
+    manager = task_manager(tasks, data_root, {"checkpoint": str(checkpoint)})
+    lm = HuginnLM(str(checkpoint), **(model_args or {}))
+    results = {}
+    for K in num_steps_list:
+        if K is not None:  # None: the depth the model was built with (the objective's default)
+            lm.num_steps = int(K)
+        results[K] = simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=manager, **lm_eval_kwargs)
+    return results
+
+
+def result_caveats(results: dict) -> dict[str, str]:
+    """{task: caveat} for the scored tasks whose YAML says why their numbers are not stock
+    lm-eval's (metadata.caveat, e.g. wikitext2_local: not comparable to lm-eval's wikitext)."""
+    return {
+        t: cfg["metadata"]["caveat"]
+        for t, cfg in sorted(results.get("configs", {}).items())
+        if isinstance(cfg.get("metadata"), dict) and cfg["metadata"].get("caveat")
+    }
+
+
+def main_eval(argv: list[str]) -> int:
+    """`huginn-db eval RUN_OR_CKPT [--tasks T,..] [--num-steps 1,2,4] [lm-eval options]`: a depth
+    sweep; writes OUT/lm_eval_K{K}.json (default OUT: RUN/eval) and prints lm-eval's tables."""
+    import argparse
+    import json
+
+    from lm_eval.utils import make_table
+
+    ap = argparse.ArgumentParser(prog="huginn-db eval", description=main_eval.__doc__)
+    ap.add_argument("checkpoint", help="run directory or export directory")
+    ap.add_argument(
+        "--tasks",
+        default=None,
+        help="comma-separated (default: the run's own benchmark, one "
+        "reasoning_<family>_d<k> task per test difficulty of its recipe)",
+    )
+    ap.add_argument("--num-steps", default=None, help="comma-separated depths (default: the objective's)")
+    ap.add_argument("--limit", type=float, default=None)
+    ap.add_argument("--num_fewshot", type=int, default=None)
+    ap.add_argument("--output_path", default=None)
+    ap.add_argument("--log_samples", action="store_true")
+    ap.add_argument("--model_args", default="", help="extra HuginnLM options, e.g. score=final,sampler=heun,seed=1")
+    ap.add_argument("--data-root", "--data_root", dest="data_root", default=None)
+    args = ap.parse_args(argv)
+    ckpt = Path(args.checkpoint)
+    if not (ckpt / "config.yaml").is_file():
+        raise ConfigError(f"{ckpt} is not a run or export directory (no config.yaml)")
+    model_args = simple_parse_args_string(args.model_args) if args.model_args else {}
+    tasks = args.tasks.split(",") if args.tasks else default_tasks(read_config(ckpt))
+    steps = [int(k) for k in args.num_steps.split(",")] if args.num_steps else [None]
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    try:
+        results = evaluate(
+            ckpt,
+            tasks,
+            steps,
+            limit=limit,
+            data_root=args.data_root,
+            model_args=model_args,
+            num_fewshot=args.num_fewshot,
+            log_samples=args.log_samples,
+        )
+    except (KeyError, ValueError) as err:
+        raise ConfigError(str(err).strip("'\"")) from None
+    out = Path(args.output_path) if args.output_path else ckpt / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    for K, res in results.items():
+        name = f"lm_eval_K{K}.json" if K is not None else "lm_eval.json"
+        (out / name).write_text(json.dumps(res, indent=2, default=str))
+        print(f"\n== depth {K if K is not None else 'default'} ({out / name})")
+        print(make_table(res))
+        for task, caveat in result_caveats(res).items():
+            print(f"note: {task}: {caveat}")
+    return 0

@@ -7,7 +7,7 @@ RUN      = $(VENV)/bin/python
 STAMP    = $(VENV)/.installed
 OPS      = $(VENV)/.deepspeed-ops
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast lint format clean
 
 # torch goes in first and pinned, then everything else with the pin as a constraint, so a
 # CPU machine never pulls the multi-GB CUDA build. GPU users: `make install TORCH=torch`.
@@ -36,6 +36,15 @@ test: $(OPS)
 
 test-fast: $(OPS)
 	$(RUN) -m pytest -q -m "not slow" tests
+
+# ruff: lint (pyflakes, pycodestyle, import order) and the formatter's check; `make format` fixes
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 clean:
 	rm -rf $(VENV) runs

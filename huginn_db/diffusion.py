@@ -4,6 +4,7 @@ Everything here is a pure function of tensors and a `SigmaConfig`, so the number
 pinned in tests (SPEC §3): z_σ = y + σ·ε, log σ ~ N(P_mean, P_std²) truncated to
 [σ_min, σ_max], equi-probability bands, EDM preconditioning/weights, Euler and Heun steps.
 """
+
 from __future__ import annotations
 
 import math
@@ -74,7 +75,10 @@ def band_mass(lo: float, hi: float, cfg: SigmaConfig) -> float:
 
 
 def sample_sigma(
-    n: int, cfg: SigmaConfig, num_bands: int = 1, generator: torch.Generator | None = None,
+    n: int,
+    cfg: SigmaConfig,
+    num_bands: int = 1,
+    generator: torch.Generator | None = None,
     offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw n σ from the truncated log-normal, stratified over `num_bands` equi-probability bands.
@@ -92,6 +96,7 @@ def sample_sigma(
 
 
 # --- EDM preconditioning and loss weight -------------------------------------------------
+
 
 def c_in(sigma: torch.Tensor, cfg: SigmaConfig) -> torch.Tensor:
     return 1.0 / torch.sqrt(sigma**2 + cfg.sigma_data**2)
@@ -116,14 +121,13 @@ def edm_weight(sigma: torch.Tensor, cfg: SigmaConfig) -> torch.Tensor:
 
 # --- Probability-flow ODE solvers (σ decreasing) -----------------------------------------
 
+
 def euler_step(z: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
     """z_next = z + (σ_next − σ)·(z − D)/σ: move Δσ/σ of the way toward D (Δσ = σ − σ_next > 0)."""
     return z + (sigma_next - sigma) * (z - denoised) / sigma
 
 
-def heun_step(
-    z: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float, denoise_next
-) -> torch.Tensor:
+def heun_step(z: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float, denoise_next) -> torch.Tensor:
     """Second-order Heun step: Euler predictor, then average the slopes at σ and σ_next.
 
     `denoise_next(z_pred, σ_next)` evaluates the denoiser at the predicted point.

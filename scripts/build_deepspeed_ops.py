@@ -6,6 +6,7 @@ otherwise inside whichever test first starts an engine. This makes the same call
 does, so the cache entry is the one the trainer loads. CPU only: with a GPU the op is not used.
 Never fails the install: a failed build only means the first run builds it (or falls back to gloo).
 """
+
 import sys
 
 
@@ -24,10 +25,15 @@ def main() -> int:
         try:
             from deepspeed.comm.torch import build_shm_op  # what TorchBackend.__init__ calls
         except ImportError:  # another DeepSpeed layout: load the builder directly
+
             def build_shm_op():
                 builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
                 return builder.load() if builder is not None else None
-        print("deepspeed_shm_comm: building/loading DeepSpeed's CPU collective op (a few minutes the first time)", flush=True)
+
+        print(
+            "deepspeed_shm_comm: building/loading DeepSpeed's CPU collective op (a few minutes the first time)",
+            flush=True,
+        )
         if build_shm_op() is None:
             print("deepspeed_shm_comm: not compatible with this machine (skipped; DeepSpeed uses gloo alone)")
     except Exception as err:

@@ -7,6 +7,7 @@ A golden file holds one `step loss` pair per line, the loss as Python's full flo
 Prints step, both losses and their relative difference; --assert-equal exits 1 on any step
 past --rtol (or a differing set of steps).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,11 @@ def mismatches(actual: dict[int, float], golden: dict[int, float], rtol: float =
     """One line per disagreement; empty when the curves match."""
     if sorted(actual) != sorted(golden):
         return [f"steps differ: run has {sorted(actual)}, golden has {sorted(golden)}"]
-    return [f"step {s}: run {actual[s]!r} golden {golden[s]!r} (rel diff {rel(actual[s], golden[s]):.2e} > {rtol:g})"
-            for s in sorted(golden) if not math.isclose(actual[s], golden[s], rel_tol=rtol, abs_tol=0.0)]
+    return [
+        f"step {s}: run {actual[s]!r} golden {golden[s]!r} (rel diff {rel(actual[s], golden[s]):.2e} > {rtol:g})"
+        for s in sorted(golden)
+        if not math.isclose(actual[s], golden[s], rel_tol=rtol, abs_tol=0.0)
+    ]
 
 
 def rel(a: float, b: float) -> float:

@@ -8,10 +8,13 @@ from huginn_db import diffusion as dm
 PAPER = dm.SigmaConfig()  # σ ∈ [0.002, 80], log σ ~ N(-1.2, 1.2)
 
 
-@pytest.mark.parametrize("B,expected", [
-    (4, [0.002, 0.134, 0.301, 0.677, 80.0]),
-    (3, [0.002, 0.180, 0.505, 80.0]),
-])
+@pytest.mark.parametrize(
+    "B,expected",
+    [
+        (4, [0.002, 0.134, 0.301, 0.677, 80.0]),
+        (3, [0.002, 0.180, 0.505, 80.0]),
+    ],
+)
 def test_band_edges_match_paper(B, expected):
     edges = dm.band_edges(B, PAPER).tolist()
     assert len(edges) == B + 1

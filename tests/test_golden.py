@@ -6,6 +6,7 @@ refactor that is meant to change nothing must leave these curves where they are.
 A change meant to move them: `pytest tests/test_golden.py --regen-golden` (or
 HUGINN_DB_REGEN_GOLDEN=1), then review and commit the diff of tests/assets/losses/.
 """
+
 import importlib.util
 import os
 import subprocess
@@ -39,13 +40,18 @@ def golden_run(objective: str, run_dir) -> dict[int, float]:
 def test_loss_curve_matches_golden(objective, tmp_path, regen_golden):
     path = LOSSES / f"{objective}.txt"
     if not regen_golden and not path.is_file():
-        pytest.fail(f"no golden loss curve for objective {objective!r} ({path.relative_to(ROOT)}); "
-                    f"generate it with {REGEN.format(objective)} and commit it")
+        pytest.fail(
+            f"no golden loss curve for objective {objective!r} ({path.relative_to(ROOT)}); "
+            f"generate it with {REGEN.format(objective)} and commit it"
+        )
     losses = golden_run(objective, tmp_path / objective)
     assert sorted(losses) == list(range(1, 21)), sorted(losses)
     if regen_golden:
         loss_compare.write_golden(path, losses)
         return
     bad = loss_compare.mismatches(losses, loss_compare.read_golden(path))
-    assert not bad, (f"{objective}: loss curve moved from {path.relative_to(ROOT)}:\n  " + "\n  ".join(bad)
-                     + f"\nIf the change is meant to move it: {REGEN.format(objective)}")
+    assert not bad, (
+        f"{objective}: loss curve moved from {path.relative_to(ROOT)}:\n  "
+        + "\n  ".join(bad)
+        + f"\nIf the change is meant to move it: {REGEN.format(objective)}"
+    )

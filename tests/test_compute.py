@@ -11,8 +11,10 @@ import torch
 from huginn_db import compute, measure
 from huginn_db.cli import main as cli
 from huginn_db.model import ModelConfig, RecurrentDepthLM
-from huginn_db.objectives.bptt import BPTTConfig, BPTTObjective, expected_iterations, recurrence_pmf, sample_recurrence
-from huginn_db.objectives.diffusion_blocks import DiffusionBlocksConfig, DiffusionBlocksObjective
+from huginn_db.objectives import for_config
+from huginn_db.objectives.bptt import BPTTConfig, expected_iterations, recurrence_pmf, sample_recurrence
+from huginn_db.objectives.diffusion_blocks import DiffusionBlocksConfig
+from huginn_db.objectives.fixed_depth import FixedDepthConfig
 from tests.conftest import RECIPES, ROOT
 
 TINY = ModelConfig(
@@ -41,6 +43,8 @@ OBJECTIVES = {
     "bptt": BPTTConfig(mean_recurrence=6, backprop_depth=2),
     "db_sequence": DiffusionBlocksConfig(),
     "db_token": DiffusionBlocksConfig(sigma_per="token"),
+    "fixed_full": FixedDepthConfig(depth=3),
+    "fixed_truncated": FixedDepthConfig(depth=4, backprop_depth=2),
 }
 
 
@@ -51,7 +55,7 @@ def _batch(B, T, V):
 
 
 def _objective(oc):
-    return DiffusionBlocksObjective(oc) if isinstance(oc, DiffusionBlocksConfig) else BPTTObjective(oc)
+    return for_config(oc)(oc)
 
 
 def _short_step(oc: BPTTConfig) -> int:
@@ -61,7 +65,7 @@ def _short_step(oc: BPTTConfig) -> int:
 
 
 def _model(mc, oc):
-    return RecurrentDepthLM(dataclasses.replace(mc, sigma_conditioning=isinstance(oc, DiffusionBlocksConfig)))
+    return RecurrentDepthLM(dataclasses.replace(mc, sigma_conditioning=for_config(oc).sigma_conditioning))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -88,7 +92,7 @@ def test_analytic_train_flops_match_flop_counter_tiny(name):
     B, T = 4, 12
     model = _model(TINY, oc)
     step = _short_step(oc) if name == "bptt" else 3
-    r = sample_recurrence(step, oc) if name == "bptt" else None
+    r = for_config(oc).draw_iterations(oc, step)
     measured = measure.measure_step_flops(model, _objective(oc), _batch(B, T, TINY.vocab_size), step)
     analytic = compute.train_flops(TINY, oc, B, T, r=r)
     assert measured == pytest.approx(analytic["total"], rel=0.02)

@@ -6,6 +6,7 @@ from huginn_db.model import ModelConfig, RecurrentDepthLM
 from huginn_db.objectives import generate
 from huginn_db.objectives.bptt import BPTTConfig, BPTTObjective, sample_recurrence
 from huginn_db.objectives.diffusion_blocks import DiffusionBlocksConfig, DiffusionBlocksObjective
+from huginn_db.objectives.fixed_depth import FixedDepthConfig, FixedDepthObjective
 
 TINY = dict(
     vocab_size=50,
@@ -79,6 +80,22 @@ def test_db_training_step_is_one_core_pass():
     assert stats["bands"] == [2, 2, 2, 2]  # stratified: every band equally represented
     loss.backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if "ada" in n or "core" in n)
+
+
+@pytest.mark.parametrize("depth,k", [(1, None), (5, None), (5, 2)])
+def test_fixed_depth_step_runs_r_core_calls_last_k_with_grad(depth, k):
+    """The controls: full BPTT at a fixed r (k = r) and the r = 1 model, at every step."""
+    cfg = FixedDepthConfig(depth=depth, backprop_depth=k)
+    model = RecurrentDepthLM(ModelConfig(**TINY))
+    for step in (0, 7):
+        c = CoreCounter(model)
+        loss, stats = FixedDepthObjective(cfg).loss(model, _batch(), step)
+        grad = depth if k is None else k
+        assert c.n == stats["r"] == depth and c.grad == [False] * (depth - grad) + [True] * grad
+    loss.backward()
+    assert model.prelude[0].attn.qkv.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="backprop_depth=6 must be in 1..depth=5"):
+        FixedDepthConfig(depth=5, backprop_depth=6)
 
 
 def test_db_sigma_per_token():

@@ -106,11 +106,12 @@ def format_report(rep: dict, measured: dict | None = None) -> str:
             f"{name}: {knobs}; E[core iterations] with grad {o['core_grad_iterations']:.3f}, "
             f"without {o['core_nograd_iterations']:.3f}"
         )
-    out += ["", f"{'parameters':<22}" + cols(names)]
+    label = {n: OBJECTIVES[n].short if n in OBJECTIVES else n for n in names}
+    out += ["", f"{'parameters':<22}" + cols(label[n] for n in names)]
     for k in ("embedding", "prelude", "core", "coda", "final_norm", "sigma_embed", "adaln", "total"):
         out.append(f"  {k:<20}" + cols(f"{rep['params'][n][k]:,}" for n in names))
     for unit in ("per_step", "per_token"):
-        out += ["", f"{'training FLOPs ' + unit.replace('_', ' '):<22}" + cols(names)]
+        out += ["", f"{'training FLOPs ' + unit.replace('_', ' '):<22}" + cols(label[n] for n in names)]
         for k in (*TRAIN_PARTS, "total"):
             out.append(f"  {k:<20}" + cols(_fmt(rep["train"][n][unit][k]) for n in names))
     short = {n: OBJECTIVES[n].short for n in names}
@@ -135,9 +136,9 @@ def format_report(rep: dict, measured: dict | None = None) -> str:
         "",
         "inference FLOPs per new token (KV cache, context = seq_len); per iteration; / " + base,
         "  K "
-        + cols(names)
-        + cols(f"{n}/iter" for n in names)
-        + cols(f"{n}/{rep['baseline'][:4]}" for n in names if n != base),
+        + cols(label[n] for n in names)
+        + cols(f"{label[n]}/iter" for n in names)
+        + cols(f"{label[n]}/{label[base]}" for n in names if n != base),
     ]
     for K in rep["inference"][base]:
         out.append(

@@ -143,7 +143,7 @@ def configs(args):
 def build(mc, name, oc, device, seed):
     torch.manual_seed(seed)
     obj = OBJECTIVES[name]
-    model = RecurrentDepthLM(dataclasses.replace(mc, sigma_conditioning=obj.sigma_conditioning)).to(device)
+    model = RecurrentDepthLM(dataclasses.replace(mc, **obj.model_options(oc))).to(device)
     return model, obj(oc, seed=seed), torch.optim.AdamW(model.parameters(), lr=1e-4)
 
 

@@ -78,7 +78,7 @@ def param_counts(mc: ModelConfig, sigma_conditioning: bool) -> dict[str, int]:
     parts = {
         "embedding": mc.vocab_size * h,
         "prelude": mc.prelude_layers * block,
-        "core": 2 * h * h + mc.core_layers * (block + ada),
+        "core": 2 * h * h + mc.core_layers * (block + ada) + (h * h if mc.self_condition else 0),
         "coda": mc.coda_layers * (block + ada),
         "final_norm": h,
         "sigma_embed": 2 * (C * C + C) if sigma_conditioning else 0,
@@ -122,6 +122,10 @@ class _Forward:
         return 2 * self.n_sigma * self.mc.sigma_embed_dim * 6 * self.mc.hidden
 
     @property
+    def self_cond(self) -> int:  # the core's h×h self-conditioning projection
+        return 2 * self.n * self.mc.hidden**2 if self.mc.self_condition else 0
+
+    @property
     def sigma_layer(self) -> int:  # one of the σ-embedding MLP's two C×C layers
         return 2 * self.n_sigma * self.mc.sigma_embed_dim**2
 
@@ -145,6 +149,7 @@ def train_flops(
     (activation-checkpoint recompute); a chunked loss (`mc.loss_chunk`) charges the head one.
     """
     obj = for_config(obj_cfg)
+    mc = dataclasses.replace(mc, **obj.model_options(obj_cfg))
     if checkpoint_core is None:
         checkpoint_core = mc.checkpoint_core
     f = _Forward(mc, batch * seq, seq, obj.sigma_evaluations(obj_cfg, batch, seq))
@@ -152,15 +157,19 @@ def train_flops(
     core_fwd = f.adapter + mc.core_layers * (f.block_mm + f.block_attn)
     core_train = 3 * f.adapter + mc.core_layers * block_train
     grad_iters, nograd_iters = obj.core_iterations(obj_cfg, r)
+    decodes = obj.nograd_decodes(obj_cfg, r)  # no-grad coda + head + softmax·Ê passes (self-conditioning on D)
     adaln = 0.0
     if obj.sigma_conditioning:  # ada per conditioned block (fwd + bwd); σ MLP: layer 2 fwd+bwd, layer 1 fwd + grad_W
         adaln = 3 * (mc.core_layers + mc.coda_layers) * f.ada + (3 + 2) * f.sigma_layer
+        # no-grad passes: their σ-MLP and the ada layers they run, forward only
+        adaln += nograd_iters * (mc.core_layers * f.ada + 2 * f.sigma_layer) + decodes * mc.coda_layers * f.ada
     parts = {
         "prelude": mc.prelude_layers * block_train,
-        "core_grad": grad_iters * core_train,
+        # self-conditioning projection: forward + weight gradient (its input is detached)
+        "core_grad": grad_iters * (core_train + 2 * f.self_cond),
         "core_nograd": nograd_iters * core_fwd,
-        "coda": mc.coda_layers * block_train,
-        "head": 3 * f.head,
+        "coda": mc.coda_layers * block_train + decodes * mc.coda_layers * (f.block_mm + f.block_attn),
+        "head": 3 * f.head + decodes * 2 * f.head,
         "adaln": adaln,
         "recompute": (
             (grad_iters * core_fwd if checkpoint_core else 0.0) + (f.head if _chunked_loss(mc, batch * seq) else 0.0)
@@ -186,6 +195,7 @@ def inference_flops(
     one more loop iteration.
     """
     obj = for_config(obj_cfg)
+    mc = dataclasses.replace(mc, **obj.model_options(obj_cfg))
     f = _Forward(mc, 1, context, 1)
     block = f.block_mm + f.block_attn
     core = f.adapter + mc.core_layers * block
@@ -206,7 +216,7 @@ def inference_flops(
     ada = ((mc.core_layers + mc.coda_layers) * f.ada + 2 * f.sigma_layer) if obj.sigma_conditioning else 0
     parts = {
         "prelude": mc.prelude_layers * block,
-        "core": evals * core,
+        "core": evals * core + (evals - 1) * f.self_cond,  # the first evaluation has no self-conditioning input
         "coda": evals * coda,
         "head": evals * f.head,
         "adaln": evals * ada,
@@ -242,6 +252,7 @@ def activation_memory(mc: ModelConfig, obj_cfg, batch: int, seq: int, bytes_per_
     stay fp32).
     """
     obj = for_config(obj_cfg)
+    mc = dataclasses.replace(mc, **obj.model_options(obj_cfg))
     h, m, C, V, H = mc.hidden, mc.mlp_hidden, mc.sigma_embed_dim, mc.vocab_size, mc.heads
     n = batch * seq
     n_sigma = obj.sigma_evaluations(obj_cfg, batch, seq)
@@ -254,6 +265,7 @@ def activation_memory(mc: ModelConfig, obj_cfg, batch: int, seq: int, bytes_per_
         + mc.coda_layers * cond
         + n * 5 * h
         + n_sigma * 4 * C
+        + (n * h if mc.self_condition else 0)  # the self-conditioning input, kept for its weight gradient
     )
     if _chunked_loss(mc, n):
         saved = elements * bytes_per_element + n * 8  # + int64 targets

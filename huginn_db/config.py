@@ -371,7 +371,7 @@ def resolve(cfg: RunConfig, vocab_size: int) -> RunConfig:
     """The run's config as recorded in config.yaml: the tokenizer decides the vocabulary and the
     objective whether the model carries σ-conditioning (a copy; `cfg` is not changed)."""
     model = dataclasses.replace(
-        cfg.model, vocab_size=vocab_size, sigma_conditioning=OBJECTIVES[cfg.objective.name].sigma_conditioning
+        cfg.model, vocab_size=vocab_size, **OBJECTIVES[cfg.objective.name].model_options(cfg.objective_config())
     )
     return dataclasses.replace(cfg, model=model)
 

@@ -49,7 +49,7 @@ def flops_report(cfg: RunConfig, num_steps=INFERENCE_STEPS, baseline: str | None
         step = train_flops(mc, oc, B, T)
         train[name] = {"per_step": step, "per_token": {k: v / n for k, v in step.items()}}
         infer[name] = {str(K): inference_flops(mc, oc, K, T) for K in num_steps}
-        params[name] = param_counts(mc, obj.sigma_conditioning)
+        params[name] = param_counts(dataclasses.replace(mc, **obj.model_options(oc)), obj.sigma_conditioning)
         memory[name] = activation_memory(mc, oc, B, T)
         grad, nograd = obj.core_iterations(oc)
         shape[name] = {**dataclasses.asdict(oc), "core_grad_iterations": grad, "core_nograd_iterations": nograd}
@@ -169,7 +169,7 @@ def _measure(cfg: RunConfig, B: int, T: int) -> dict:
     out = {}
     for name, obj in OBJECTIVES.items():
         oc = getattr(cfg.objective, name)
-        model = RecurrentDepthLM(dataclasses.replace(cfg.model, sigma_conditioning=obj.sigma_conditioning))
+        model = RecurrentDepthLM(dataclasses.replace(cfg.model, **obj.model_options(oc)))
         r = obj.draw_iterations(oc, 0, cfg.seed)
         measured = measure_step_flops(model, obj(oc, seed=cfg.seed), batch, step=0)
         out[name] = {

@@ -198,8 +198,11 @@ class CoreBlock(nn.Module):
         super().__init__()
         self.adapter = nn.Linear(2 * cfg.hidden, cfg.hidden, bias=False)
         self.layers = nn.ModuleList(SandwichBlock(cfg, cfg.sigma_conditioning) for _ in range(cfg.core_layers))
+        self.self_cond = nn.Linear(cfg.hidden, cfg.hidden, bias=False) if cfg.self_condition else None
 
-    def forward(self, state, e, cos, sin, cond=None, cache: KVCache | None = None):
+    def forward(self, state, e, cos, sin, cond=None, cache: KVCache | None = None, prev=None):
+        if prev is not None:  # self-conditioning: the previous iteration's output, as a channel into this one
+            state = state + self.self_cond(prev)
         x = self.adapter(torch.cat([state, e], dim=-1))
         for layer in self.layers:
             x = layer(x, cos, sin, cond, cache)
@@ -234,8 +237,8 @@ class RecurrentDepthLM(nn.Module):
         for name, p in self.named_parameters():
             if name.startswith("sigma_embed"):
                 continue  # default nn.Linear init, as DiT
-            if name.endswith(".ada.weight") or name.endswith(".ada.bias"):
-                nn.init.zeros_(p)  # AdaLN-Zero
+            if name.endswith(".ada.weight") or name.endswith(".ada.bias") or name.endswith("self_cond.weight"):
+                nn.init.zeros_(p)  # AdaLN-Zero; self-conditioning starts as plain DB
             elif name.endswith("qk_bias"):
                 nn.init.zeros_(p)
             elif p.dim() == 1:  # only RMSNorm weights are left
@@ -289,9 +292,9 @@ class RecurrentDepthLM(nn.Module):
         compiled wrapper is not registered as a submodule (state_dict keys stay the same)."""
         self._compiled["core"] = torch.compile(self.core)
 
-    def core_step(self, state, e, cond=None, cache: KVCache | None = None) -> torch.Tensor:
+    def core_step(self, state, e, cond=None, cache: KVCache | None = None, prev=None) -> torch.Tensor:
         core = self._compiled.get("core", self.core) if cache is None else self.core
-        return core(state, e, self.rope_cos, self.rope_sin, cond, cache)
+        return core(state, e, self.rope_cos, self.rope_sin, cond, cache, prev)
 
     def decode(
         self, s: torch.Tensor, cond=None, cache: KVCache | None = None, labels: torch.Tensor | None = None
@@ -360,16 +363,33 @@ class RecurrentDepthLM(nn.Module):
         """Ê: unit-norm token embeddings, the space the DiffusionBlocks state z lives in."""
         return F.normalize(self.wte.weight.float(), dim=-1)
 
-    def denoise(self, e, z, sigma, c_in, cache: KVCache | None = None, labels=None) -> torch.Tensor:
+    def denoise(
+        self, e, z, sigma, c_in, cache: KVCache | None = None, labels=None, prev=None, return_latent: bool = False
+    ):
         """One σ-conditioned pass: logits of the denoiser D(z; σ, context).
 
         sigma: (B, 1) per-sequence or (B, T) per-token noise level; c_in its preconditioner.
+        prev: the self-conditioning input (the previous iteration's core output or D; None: 0).
+        return_latent: also return the core output (what `prev` carries in latent mode).
         """
         if self.sigma_embed is None:
             raise RuntimeError("this model was built without sigma_conditioning; it cannot denoise")
         cond = self.sigma_embed(0.25 * torch.log(sigma))  # c_noise = ¼ ln σ; (B, 1|T, C)
         x_in = (c_in[..., None] * z).to(e.dtype)
-        return self.decode(self.core_step(x_in, e, cond, cache), cond, cache, labels)
+        h = self.core_step(x_in, e, cond, cache, prev)
+        out = self.decode(h, cond, cache, labels)
+        return (out, h) if return_latent else out
+
+    def self_condition_input(self, e, y, noise, sigma, c_in, mode: str) -> torch.Tensor:
+        """Self-conditioning's no-grad first pass at `sigma` from z = y + σ·noise, itself without
+        a self-conditioning input: its core output (mode latent) or D = softmax(logits)·Ê (prediction)."""
+        with torch.no_grad():
+            z = y + sigma[..., None] * noise
+            cond = self.sigma_embed(0.25 * torch.log(sigma))
+            h = self.core_step((c_in[..., None] * z).to(e.dtype), e, cond)
+            if mode == "latent":
+                return h.float()
+            return torch.softmax(self.decode(h, cond).float(), -1) @ self.clean_embeddings()
 
     def forward(
         self,
@@ -383,6 +403,10 @@ class RecurrentDepthLM(nn.Module):
         noise=None,
         c_in=None,
         labels=None,
+        self_condition="none",
+        prev_rows=None,
+        prev_sigma=None,
+        prev_c_in=None,
     ):
         """Engine entry point: a recurrent pass (num_steps) or one DiffusionBlocks training pass.
 
@@ -392,6 +416,15 @@ class RecurrentDepthLM(nn.Module):
         """
         if target_ids is not None:
             y = self.clean_embeddings().detach()[target_ids]  # no gradient into the target
+            e = self.encode(input_ids)
+            prev = None
+            if self.cfg.self_condition and self_condition != "none":
+                # rows in prev_rows get the output of a no-grad first pass at prev_sigma, the rest 0
+                prev = torch.zeros(e.shape, dtype=torch.float32, device=e.device)
+                if prev_rows is not None and prev_rows.numel():
+                    r = prev_rows
+                    sub = self.self_condition_input(e[r], y[r], noise[r], prev_sigma[r], prev_c_in[r], self_condition)
+                    prev = prev.index_copy(0, r, sub)
             z = y + sigma[..., None] * noise
-            return self.denoise(self.encode(input_ids), z, sigma, c_in, labels=labels)
+            return self.denoise(e, z, sigma, c_in, labels=labels, prev=prev)
         return self.recur(input_ids, num_steps, num_grad_steps, generator, labels=labels)

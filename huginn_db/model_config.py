@@ -37,6 +37,9 @@ class ModelConfig:
     """r̄ used by the takase init to size output projections."""
     sigma_conditioning: bool = False
     """AdaLN-Zero in core + coda (set by the DB objective)."""
+    self_condition: bool = False
+    """The core also reads the previous iteration's output through a zero-initialised h×h
+    projection added to its state input (set by DB with self_condition latent|prediction)."""
     sigma_embed_dim: int = 128
     """Width of the σ embedding behind AdaLN-Zero (cos and sin halves, so even)."""
     attention: AttentionBackend = "auto"

@@ -43,6 +43,8 @@ OBJECTIVES = {
     "bptt": BPTTConfig(mean_recurrence=6, backprop_depth=2),
     "db_sequence": DiffusionBlocksConfig(),
     "db_token": DiffusionBlocksConfig(sigma_per="token"),
+    "db_sc_latent": DiffusionBlocksConfig(num_bands=4, self_condition="latent", self_condition_prob=0.75),
+    "db_sc_prediction": DiffusionBlocksConfig(num_bands=4, self_condition="prediction", self_condition_sigma="same"),
     "fixed_full": FixedDepthConfig(depth=3),
     "fixed_truncated": FixedDepthConfig(depth=4, backprop_depth=2),
 }
@@ -65,7 +67,7 @@ def _short_step(oc: BPTTConfig) -> int:
 
 
 def _model(mc, oc):
-    return RecurrentDepthLM(dataclasses.replace(mc, sigma_conditioning=for_config(oc).sigma_conditioning))
+    return RecurrentDepthLM(dataclasses.replace(mc, **for_config(oc).model_options(oc)))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -93,6 +95,8 @@ def test_analytic_train_flops_match_flop_counter_tiny(name):
     model = _model(TINY, oc)
     step = _short_step(oc) if name == "bptt" else 3
     r = for_config(oc).draw_iterations(oc, step)
+    if getattr(oc, "self_condition", "none") != "none":  # the first passes this step's draw made
+        r = _objective(oc).loss(_model(TINY, oc), _batch(B, T, TINY.vocab_size), step)[1]["r"]
     measured = measure.measure_step_flops(model, _objective(oc), _batch(B, T, TINY.vocab_size), step)
     analytic = compute.train_flops(TINY, oc, B, T, r=r)
     assert measured == pytest.approx(analytic["total"], rel=0.02)

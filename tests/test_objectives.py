@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -96,6 +98,57 @@ def test_fixed_depth_step_runs_r_core_calls_last_k_with_grad(depth, k):
     assert model.prelude[0].attn.qkv.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="backprop_depth=6 must be in 1..depth=5"):
         FixedDepthConfig(depth=5, backprop_depth=6)
+
+
+@pytest.mark.parametrize("mode", ["latent", "prediction"])
+@pytest.mark.parametrize("where", ["next", "same"])
+def test_db_self_conditioning_step_is_one_grad_pass_plus_a_no_grad_first_pass(mode, where):
+    import huginn_db.diffusion as dm
+
+    cfg = DiffusionBlocksConfig(num_bands=4, self_condition=mode, self_condition_sigma=where, self_condition_prob=0.75)
+    model = RecurrentDepthLM(ModelConfig(**TINY, sigma_conditioning=True, self_condition=True))
+    plain = RecurrentDepthLM(ModelConfig(**TINY, sigma_conditioning=True))
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if "self_cond" not in k})
+    obj, calls = DiffusionBlocksObjective(cfg), {}
+    for step in range(4):
+        c = CoreCounter(model)
+        loss, stats = obj.loss(model, _batch(B=8), step, slot=step)
+        rows = stats["self_cond_rows"]
+        calls[step] = rows
+        assert c.n == (2 if rows else 1) and c.grad == [False] * (c.n - 1) + [True]
+        assert stats["r"] == 1 + rows / 8
+        # the projection starts at zero: the step's loss is plain DB's, same draws
+        base, _ = DiffusionBlocksObjective(dataclasses.replace(cfg, self_condition="none")).loss(
+            plain, _batch(B=8), step, slot=step
+        )
+        assert loss.item() == pytest.approx(base.item(), abs=1e-6)
+    assert any(calls.values())
+    if where == "next":  # the top band is inference's first step: it never gets a first pass
+        sigma, band = dm.sample_sigma(8, cfg.sigma(), 4, torch.Generator().manual_seed(0))
+        kw, _ = obj._self_condition(8, sigma.view(8, 1), band, torch.Generator().manual_seed(1), "cpu")
+        edges = dm.band_edges(4, cfg.sigma()).float()
+        assert all(band[r] < 3 for r in kw["prev_rows"])
+        assert torch.equal(kw["prev_sigma"].flatten()[band < 3], edges[band[band < 3] + 2])
+    loss.backward()
+    assert model.core.self_cond.weight.grad.abs().sum() > 0
+
+
+def test_db_self_conditioning_feeds_each_inference_evaluation_the_previous_one():
+    cfg = DiffusionBlocksConfig(num_bands=4, self_condition="latent")
+    model = RecurrentDepthLM(ModelConfig(**TINY, sigma_conditioning=True, self_condition=True)).eval()
+    obj, ids = DiffusionBlocksObjective(cfg), _batch()["input_ids"]
+    seen = []
+    model.core.self_cond.register_forward_hook(lambda m, a, out: seen.append(a[0].clone()))
+    before = obj.logits(model, ids, 4, torch.Generator().manual_seed(0))
+    assert len(seen) == 3  # evaluations 2..K; the first has no input
+    torch.nn.init.normal_(model.core.self_cond.weight, std=0.5)
+    after = obj.logits(model, ids, 4, torch.Generator().manual_seed(0))
+    assert not torch.allclose(before, after)  # the channel carries something
+    first = obj.logits(model, ids, 1, torch.Generator().manual_seed(0))
+    model.core.self_cond.weight.data.zero_()
+    assert torch.allclose(first, obj.logits(model, ids, 1, torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match="self_condition needs sigma_per=sequence"):
+        DiffusionBlocksConfig(self_condition="latent", sigma_per="token")
 
 
 def test_db_sigma_per_token():

@@ -82,6 +82,16 @@ class Objective:
         latent recurrence (the core loops, coda and head run once at the end)."""
         return 0
 
+    @classmethod
+    def model_options(cls, cfg) -> dict:
+        """ModelConfig fields this objective decides (the recorded config carries them)."""
+        return {"sigma_conditioning": cls.sigma_conditioning, "self_condition": False}
+
+    @staticmethod
+    def nograd_decodes(cfg, r: float | None = None) -> float:
+        """No-grad coda + head + softmax·Ê passes per training sequence (self-conditioning on D)."""
+        return 0.0
+
     @staticmethod
     def draw_iterations(cfg, step: int, seed: int = 0) -> int | None:
         """The core iterations `loss` runs at `step` (None: always one pass)."""

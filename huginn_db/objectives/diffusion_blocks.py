@@ -36,6 +36,15 @@ class DiffusionBlocksConfig:
     """uniform, or EDM's λ(σ) normalised to mean 1 in the batch."""
     sampler: Literal["euler", "heun"] = "euler"
     """Inference ODE solver."""
+    self_condition: Literal["none", "latent", "prediction"] = "none"
+    """A channel between loop iterations: the denoiser also reads the previous iteration's core
+    output (latent) or its D (prediction), 0 on the first. Trained by self-conditioning: for a
+    sequence picked with self_condition_prob a no-grad first pass supplies it."""
+    self_condition_prob: float = 0.5
+    """p: the share of training sequences whose self-conditioning input comes from a first pass."""
+    self_condition_sigma: Literal["next", "same"] = "next"
+    """The first pass's σ: the band edge above the sequence's band, where inference evaluated the
+    iteration before (the top band then gets none, as inference's first step), or the same σ."""
 
     def __post_init__(self):
         if not 0 < self.sigma_min < self.sigma_max:
@@ -46,9 +55,23 @@ class DiffusionBlocksConfig:
             ("sigma_per", ("sequence", "token")),
             ("loss_weighting", ("uniform", "edm")),
             ("sampler", ("euler", "heun")),
+            ("self_condition", ("none", "latent", "prediction")),
+            ("self_condition_sigma", ("next", "same")),
         ):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be {'|'.join(allowed)}, got {getattr(self, key)!r}")
+        if not 0 <= self.self_condition_prob <= 1:
+            raise ValueError(f"self_condition_prob must be in [0, 1], got {self.self_condition_prob}")
+        if self.self_condition != "none" and self.sigma_per != "sequence":
+            raise ValueError("self_condition needs sigma_per=sequence (the first pass's σ follows the sequence's band)")
+
+    @property
+    def self_condition_share(self) -> float:
+        """Expected share of training sequences that get a first pass."""
+        if self.self_condition == "none":
+            return 0.0
+        eligible = (self.num_bands - 1) / self.num_bands if self.self_condition_sigma == "next" else 1.0
+        return self.self_condition_prob * eligible
 
     def sigma(self) -> dm.SigmaConfig:
         return dm.SigmaConfig(self.sigma_min, self.sigma_max, self.sigma_data, self.p_mean, self.p_std)
@@ -87,7 +110,8 @@ class DiffusionBlocksObjective(Objective):
         # z = y + σ·ε with y the unit-norm embedding of the next token (built inside forward)
         eps = torch.randn(B, T, unwrap(model).cfg.hidden, generator=g).to(ids.device)
         w = batch["loss_weight"]
-        ce = model(ids, target_ids=tgt, sigma=sigma, noise=eps, c_in=dm.c_in(sigma, self.sig), labels=tgt) * w
+        sc, extra = self._self_condition(B, sigma, band, g, ids.device)
+        ce = model(ids, target_ids=tgt, sigma=sigma, noise=eps, c_in=dm.c_in(sigma, self.sig), labels=tgt, **sc) * w
         if self.cfg.loss_weighting == "edm":
             lam = dm.edm_weight(sigma, self.sig)
             ce = ce * (lam / lam.mean())
@@ -98,7 +122,31 @@ class DiffusionBlocksObjective(Objective):
             "log_sigma_mean": float(ls.mean()),
             "log_sigma_std": float(ls.std()) if ls.numel() > 1 else 0.0,
             "bands": torch.bincount(band, minlength=self.cfg.num_bands).tolist(),
+            **extra,
         }
+
+    def _self_condition(self, B: int, sigma, band, g, device) -> tuple[dict, dict]:
+        """Which sequences get a no-grad first pass, and at which σ (model kwargs, stats).
+        Drawn after ε from the same generator, so plain DB's draws are unchanged."""
+        cfg = self.cfg
+        if cfg.self_condition == "none":
+            return {}, {}
+        pick = torch.rand(B, generator=g) < cfg.self_condition_prob
+        if cfg.self_condition_sigma == "same":
+            prev_sigma = sigma.cpu()
+        else:  # inference evaluated band b at edge b+1, after edge b+2; the top band comes first
+            K = cfg.num_bands
+            pick &= band < K - 1
+            prev_sigma = dm.band_edges(K, self.sig).float()[(band + 2).clamp(max=K)].view(B, 1)
+        rows = pick.nonzero().flatten()
+        kw = {
+            "self_condition": cfg.self_condition,
+            "prev_rows": rows.to(device),
+            "prev_sigma": prev_sigma.to(device),
+            "prev_c_in": dm.c_in(prev_sigma, self.sig).to(device),
+        }
+        # "r": core passes per sequence this step (1 + the first passes' share), for the FLOP count
+        return kw, {"r": 1.0 + len(rows) / B, "self_cond_rows": len(rows)}
 
     def noise(self, model, batch: int, length: int, generator=None) -> torch.Tensor:
         """ε for `length` positions (CPU, float32): the sampler starts from z₀ = σ_max·ε."""
@@ -133,12 +181,20 @@ class DiffusionBlocksObjective(Objective):
         sched = dm.inference_schedule(K, self.sig)
         eps = self.noise(m, B, T, generator) if noise is None else noise
         z = sched[0] * eps.to(e.device)
-        last = {}
+        last = {"prev": None}
+        mode = self.cfg.self_condition
 
         def denoise(zz, s):
             sigma = torch.full((B, 1), s, device=e.device)
-            last["logits"] = m.denoise(e, zz, sigma, dm.c_in(sigma, self.sig), cache)
-            return torch.softmax(last["logits"].float(), -1) @ E_hat  # D = E_p[Ê]
+            c = dm.c_in(sigma, self.sig)
+            if mode == "none":
+                last["logits"] = m.denoise(e, zz, sigma, c, cache)
+            else:  # the previous evaluation's output is this one's self-conditioning input
+                last["logits"], h = m.denoise(e, zz, sigma, c, cache, prev=last["prev"], return_latent=True)
+            D = torch.softmax(last["logits"].float(), -1) @ E_hat  # D = E_p[Ê]
+            if mode != "none":
+                last["prev"] = h.float() if mode == "latent" else D
+            return D
 
         traj = []
         for k in range(K):
@@ -151,9 +207,20 @@ class DiffusionBlocksObjective(Objective):
             traj.append(last["logits"])
         return traj if return_trajectory else last["logits"]
 
+    @classmethod
+    def model_options(cls, cfg: DiffusionBlocksConfig) -> dict:
+        return {"sigma_conditioning": True, "self_condition": cfg.self_condition != "none"}
+
     @staticmethod
-    def core_iterations(cfg, r=None) -> tuple[float, float]:
-        return 1.0, 0.0
+    def core_iterations(cfg: DiffusionBlocksConfig, r: float | None = None) -> tuple[float, float]:
+        """One grad pass; the self-conditioning first passes (no grad) on a share of the rows."""
+        return 1.0, (cfg.self_condition_share if r is None else r - 1.0)
+
+    @staticmethod
+    def nograd_decodes(cfg: DiffusionBlocksConfig, r: float | None = None) -> float:
+        if cfg.self_condition != "prediction":
+            return 0.0
+        return cfg.self_condition_share if r is None else r - 1.0
 
     @staticmethod
     def saved_core_iterations(cfg) -> int:

@@ -19,7 +19,14 @@ MAX_LINES = 420
 
 # lowest first; a module matches the longest prefix listed
 LAYERS = [
-    ["huginn_db.errors", "huginn_db.configdoc", "huginn_db.diffusion", "huginn_db.model_config", "huginn_db.kv_cache"],
+    [
+        "huginn_db.errors",
+        "huginn_db.configdoc",
+        "huginn_db.diffusion",
+        "huginn_db.model_config",
+        "huginn_db.kv_cache",
+        "huginn_db.attention",
+    ],
     ["huginn_db.model", "huginn_db.tokenizer"],
     ["huginn_db.objectives", "huginn_db.data.families", "huginn_db.data.reasoning", "huginn_db.data.text"],
     ["huginn_db.config"],

@@ -4,6 +4,7 @@ from unittest import mock
 import pytest
 import torch
 
+from huginn_db import attention as A
 from huginn_db import model as M
 from huginn_db.model import ModelConfig, RecurrentDepthLM, select_attention_backend
 
@@ -24,10 +25,10 @@ def test_attention_backend_selection():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert select_attention_backend("auto", cpu) == "sdpa"  # xformers has no CPU kernels
     assert select_attention_backend("sdpa", cuda) == "sdpa"
-    with mock.patch.object(M, "xformers_available", return_value=True):
+    with mock.patch.object(A, "xformers_available", return_value=True):
         assert select_attention_backend("auto", cuda) == "xformers"
         assert select_attention_backend("auto", cpu) == "sdpa"
-    with mock.patch.object(M, "xformers_available", return_value=False):
+    with mock.patch.object(A, "xformers_available", return_value=False):
         assert select_attention_backend("auto", cuda) == "sdpa"
         with pytest.raises(RuntimeError, match="xformers"):
             select_attention_backend("xformers", cuda)

@@ -13,6 +13,19 @@ RECIPES = ROOT / "recipes"
 
 # --- helpers shared by the test modules ---------------------------------------------------------
 
+# the tiny model shape the unit tests build (ModelConfig(**TINY_MODEL))
+TINY_MODEL = dict(
+    vocab_size=50,
+    hidden=32,
+    heads=4,
+    mlp_hidden=64,
+    prelude_layers=1,
+    core_layers=2,
+    coda_layers=1,
+    context=16,
+    init_recurrence=4,
+)
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -15,19 +15,9 @@ from huginn_db.objectives import for_config
 from huginn_db.objectives.bptt import BPTTConfig, expected_iterations, recurrence_pmf, sample_recurrence
 from huginn_db.objectives.diffusion_blocks import DiffusionBlocksConfig
 from huginn_db.objectives.fixed_depth import FixedDepthConfig
-from tests.conftest import RECIPES, ROOT
+from tests.conftest import RECIPES, ROOT, TINY_MODEL
 
-TINY = ModelConfig(
-    vocab_size=50,
-    hidden=32,
-    heads=4,
-    mlp_hidden=64,
-    prelude_layers=1,
-    core_layers=2,
-    coda_layers=1,
-    context=16,
-    init_recurrence=4,
-)
+TINY = ModelConfig(**TINY_MODEL)
 PAPER = ModelConfig(
     vocab_size=32000,
     hidden=512,

@@ -8,18 +8,9 @@ from huginn_db.model import KVCache, ModelConfig, RecurrentDepthLM
 from huginn_db.objectives import generate, greedy_tokens
 from huginn_db.objectives.bptt import BPTTConfig, BPTTObjective
 from huginn_db.objectives.diffusion_blocks import DiffusionBlocksConfig, DiffusionBlocksObjective
+from tests.conftest import TINY_MODEL
 
-TINY = dict(
-    vocab_size=50,
-    hidden=32,
-    heads=4,
-    mlp_hidden=64,
-    prelude_layers=1,
-    core_layers=2,
-    coda_layers=1,
-    context=32,
-    init_recurrence=4,
-)
+TINY = {**TINY_MODEL, "context": 32}
 
 
 def _bptt():

@@ -7,18 +7,9 @@ import torch
 from huginn_db import attention as A
 from huginn_db import model as M
 from huginn_db.model import ModelConfig, RecurrentDepthLM, select_attention_backend
+from tests.conftest import TINY_MODEL
 
-TINY = dict(
-    vocab_size=50,
-    hidden=32,
-    heads=4,
-    mlp_hidden=64,
-    prelude_layers=1,
-    core_layers=2,
-    coda_layers=1,
-    context=16,
-    init_recurrence=4,
-)
+TINY = TINY_MODEL
 
 
 def test_attention_backend_selection():

@@ -9,18 +9,9 @@ from huginn_db.objectives import generate
 from huginn_db.objectives.bptt import BPTTConfig, BPTTObjective, sample_recurrence
 from huginn_db.objectives.diffusion_blocks import DiffusionBlocksConfig, DiffusionBlocksObjective
 from huginn_db.objectives.fixed_depth import FixedDepthConfig, FixedDepthObjective
+from tests.conftest import TINY_MODEL
 
-TINY = dict(
-    vocab_size=50,
-    hidden=32,
-    heads=4,
-    mlp_hidden=64,
-    prelude_layers=1,
-    core_layers=2,
-    coda_layers=1,
-    context=16,
-    init_recurrence=4,
-)
+TINY = TINY_MODEL
 
 
 def _batch(B=4, T=12):

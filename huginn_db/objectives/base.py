@@ -96,3 +96,20 @@ class Objective:
     def draw_iterations(cfg, step: int, seed: int = 0) -> int | None:
         """The core iterations `loss` runs at `step` (None: always one pass)."""
         return None
+
+
+class LatentRecurrence(Objective):
+    """Inference as Huginn's loop: a random initial state per position, `num_steps` core
+    iterations, then coda and head once (BPTT and the fixed-depth controls)."""
+
+    def noise(self, model, batch: int, length: int, generator=None) -> torch.Tensor:
+        """Initial states s₀ for `length` positions (CPU, float32), as `recur` would draw them."""
+        m = unwrap(model)
+        return m.initial_state(torch.empty(batch, length, m.cfg.hidden), generator)
+
+    @torch.no_grad()
+    def logits(self, model, input_ids, num_steps: int | None = None, generator=None, noise=None, cache=None, **_):
+        """noise: the initial state s₀ (default: drawn from `generator`); cache: see decoding."""
+        return unwrap(model).recur(
+            input_ids, num_steps or self.default_num_steps, 0, generator, state=noise, cache=cache
+        )

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from huginn_db.model import KVCache
-from huginn_db.objectives.base import Objective, seed_of, unwrap
+from huginn_db.objectives.base import LatentRecurrence, seed_of
 from huginn_db.objectives.registry import register
 
 
@@ -79,7 +78,7 @@ def expected_iterations(cfg: BPTTConfig) -> dict[str, float]:
 
 
 @register
-class BPTTObjective(Objective):
+class BPTTObjective(LatentRecurrence):
     """Truncated BPTT (Huginn): r ~ Poisson-log-normal core iterations, gradients through the last k."""
 
     name = "bptt"
@@ -101,27 +100,6 @@ class BPTTObjective(Objective):
         ce = model(batch["input_ids"], num_steps=r, num_grad_steps=k, generator=g, labels=batch["target_ids"]) * w
         loss = ce.sum() / w.sum().clamp(min=1)
         return loss, {"r": r, "no_grad_iters": r - k, "grad_iters": k}
-
-    def noise(self, model, batch: int, length: int, generator=None) -> torch.Tensor:
-        """Initial states s₀ for `length` positions (CPU, float32), as `recur` would draw them."""
-        m = unwrap(model)
-        return m.initial_state(torch.empty(batch, length, m.cfg.hidden), generator)
-
-    @torch.no_grad()
-    def logits(
-        self,
-        model,
-        input_ids,
-        num_steps: int | None = None,
-        generator=None,
-        noise: torch.Tensor | None = None,
-        cache: KVCache | None = None,
-        **_,
-    ):
-        """noise: the initial state s₀ (default: drawn from `generator`); cache: see decoding."""
-        return unwrap(model).recur(
-            input_ids, num_steps or self.default_num_steps, 0, generator, state=noise, cache=cache
-        )
 
     @staticmethod
     def core_iterations(cfg: BPTTConfig, r: int | None = None) -> tuple[float, float]:

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from huginn_db.model import KVCache
-from huginn_db.objectives.base import Objective, seed_of, unwrap
+from huginn_db.objectives.base import LatentRecurrence, seed_of
 from huginn_db.objectives.registry import register
 
 
@@ -40,7 +39,7 @@ class FixedDepthConfig:
 
 
 @register
-class FixedDepthObjective(Objective):
+class FixedDepthObjective(LatentRecurrence):
     """The looped model at a fixed training depth r, gradients through the last k (default all)."""
 
     name = "fixed_depth"
@@ -58,26 +57,6 @@ class FixedDepthObjective(Objective):
         w = batch["loss_weight"]
         ce = model(batch["input_ids"], num_steps=r, num_grad_steps=k, generator=g, labels=batch["target_ids"]) * w
         return ce.sum() / w.sum().clamp(min=1), {"r": r, "no_grad_iters": r - k, "grad_iters": k}
-
-    def noise(self, model, batch: int, length: int, generator=None) -> torch.Tensor:
-        """Initial states s₀, as `recur` draws them (CPU, float32)."""
-        m = unwrap(model)
-        return m.initial_state(torch.empty(batch, length, m.cfg.hidden), generator)
-
-    @torch.no_grad()
-    def logits(
-        self,
-        model,
-        input_ids,
-        num_steps: int | None = None,
-        generator=None,
-        noise: torch.Tensor | None = None,
-        cache: KVCache | None = None,
-        **_,
-    ):
-        return unwrap(model).recur(
-            input_ids, num_steps or self.default_num_steps, 0, generator, state=noise, cache=cache
-        )
 
     @staticmethod
     def core_iterations(cfg: FixedDepthConfig, r: int | None = None) -> tuple[float, float]:

@@ -46,7 +46,8 @@ from huginn_db import compute, measure  # noqa: E402
 from huginn_db.model import ModelConfig, RecurrentDepthLM, select_attention_backend  # noqa: E402
 from huginn_db.objectives import OBJECTIVES  # noqa: E402
 
-NAMES = tuple(OBJECTIVES)
+# compare's default set (the controls are opt-in: --objectives)
+DEFAULT = tuple(n for n, o in OBJECTIVES.items() if o.compared_by_default)
 QUICK = dict(
     vocab=512,
     hidden=64,
@@ -100,7 +101,16 @@ def parse_args(argv):
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the results to this file")
-    ap.add_argument("--memory-probe", choices=NAMES, help=argparse.SUPPRESS)  # internal: one CPU memory probe
+    ap.add_argument(
+        "--objectives",
+        nargs="+",
+        choices=tuple(OBJECTIVES),
+        default=list(DEFAULT),
+        help=f"objectives to benchmark (default: {' '.join(DEFAULT)})",
+    )
+    ap.add_argument(
+        "--memory-probe", choices=tuple(OBJECTIVES), help=argparse.SUPPRESS
+    )  # internal: one CPU memory probe
     args = ap.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         ap.error("--warmup and --steps must be >= 1 (the first warm-up step is FLOP-counted, not timed)")
@@ -221,11 +231,12 @@ def run(args, argv) -> dict:
     mc, ocs = configs(args)
     peak_dtype = torch.bfloat16 if args.gpu else torch.float32
     peak = measure.measure_peak(peak_dtype, seconds=args.peak_seconds, device=device)
-    runs = {name: build(mc, name, ocs[name], device, args.seed) for name in NAMES}
-    res = {name: {"times": [], "flops_at_r": [], "r": [], "mem": []} for name in NAMES}
+    names = args.objectives
+    runs = {name: build(mc, name, ocs[name], device, args.seed) for name in names}
+    res = {name: {"times": [], "flops_at_r": [], "r": [], "mem": []} for name in names}
     for step in range(args.warmup + args.steps):
         batch = make_batch(args, step, device)
-        for name in NAMES:  # interleaved: one step of each, in turn
+        for name in names:  # interleaved: one step of each, in turn
             model, objective, opt = runs[name]
             r = draw(name, ocs[name], step, args.seed)
             if args.gpu:
@@ -250,7 +261,7 @@ def run(args, argv) -> dict:
     # the peak again after the runs: the better of the two is less likely to carry load spikes
     peak = max(peak, measure.measure_peak(peak_dtype, seconds=args.peak_seconds, device=device))
     tokens = args.batch * args.seq
-    for name in NAMES:
+    for name in names:
         rr = res[name]
         rr["expected"] = compute.train_flops(mc, ocs[name], args.batch, args.seq)["total"]
         rr["median_s"] = statistics.median(rr["times"])
@@ -307,7 +318,7 @@ def run(args, argv) -> dict:
             "loss_chunk": args.loss_chunk,
             "memory_loss_chunk": args.memory_loss_chunk,
         },
-        "E_r": {n: sum(OBJECTIVES[n].core_iterations(ocs[n])) for n in NAMES},
+        "E_r": {n: sum(OBJECTIVES[n].core_iterations(ocs[n])) for n in names},
         "results": res,
     }
 

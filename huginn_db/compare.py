@@ -7,8 +7,9 @@ test-time depths, and write a report of what each cost and what each scored.
     huginn-db report RUN_DIR [RUN_DIR ...] [--out DIR]
 
 `step` mode trains every objective for the recipe's train.max_steps. `compute` mode gives each
-the same training-FLOP budget: the most expensive objective's expected FLOPs at
-train.max_steps (or --flops), with each objective's steps = budget / its analytic FLOPs per step.
+the same training-FLOP budget: the reference objective's (BPTT's; else the most expensive
+one's) expected FLOPs at train.max_steps (or --flops), with each objective's steps = budget /
+its analytic FLOPs per step. Without --objectives: every registered objective but the controls.
 Each run directory keeps its metrics.jsonl and eval/lm_eval.json, so `report` can rebuild
 report.md and the plots from run directories alone.
 """
@@ -35,6 +36,11 @@ def _train(recipe: str, run: Path, overrides: list[str]) -> None:
     subprocess.run(cmd, check=True, env=env)
 
 
+def default_objectives() -> list[str]:
+    """What `compare` trains without --objectives: every registered objective but the controls."""
+    return [name for name, obj in OBJECTIVES.items() if obj.compared_by_default]
+
+
 def steps_for_budget(
     recipe: str, overrides: list[str], budget: float | None, objectives: list[str] | None = None
 ) -> tuple[dict[str, int], float]:
@@ -44,13 +50,16 @@ def steps_for_budget(
     from huginn_db.data import build_corpus
 
     per_step = {}
-    for obj in objectives or list(OBJECTIVES):
+    objectives = objectives or default_objectives()
+    for obj in objectives:
         cfg = load_config(recipe, [*overrides, f"objective.name={obj}"])
         T = build_corpus(cfg.data, cfg.seed, cfg.model.context).train_seq_len
         B = cfg.train.micro_batch_size * cfg.train.grad_accum  # per rank; the ratio is what matters
         per_step[obj] = train_flops(cfg.model, cfg.objective_config(), B, T)["total"]  # E over r for BPTT
     if budget is None:
-        budget = max(per_step.values()) * load_config(recipe, overrides).train.max_steps
+        refs = [o for o in objectives if OBJECTIVES[o].budget_reference]
+        reference = per_step[refs[0]] if refs else max(per_step.values())
+        budget = reference * load_config(recipe, overrides).train.max_steps
     return {obj: max(1, round(budget / f)) for obj, f in per_step.items()}, budget
 
 
@@ -67,7 +76,7 @@ def compare(
     objectives: list[str] | None = None,
 ) -> Path:
     base = load_config(recipe, overrides)
-    objectives = objectives or list(OBJECTIVES)
+    objectives = objectives or default_objectives()
     unknown = [o for o in objectives if o not in OBJECTIVES]
     if unknown:
         raise ConfigError(f"--objectives: unknown objective {unknown[0]!r} (registered: {', '.join(OBJECTIVES)})")
@@ -132,7 +141,7 @@ def main_compare(argv: list[str]) -> int:
         nargs="+",
         default=None,
         metavar="NAME",
-        help=f"objectives to train (default: all registered: {' '.join(OBJECTIVES)})",
+        help=f"objectives to train (default: {' '.join(default_objectives())}; registered: {' '.join(OBJECTIVES)})",
     )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--num-steps", default="1,2,4,8,16", help="test-time depths for evaluation")

@@ -33,6 +33,11 @@ class Objective:
     # lm-eval: how log-likelihoods are scored (the first is the default) and the samplers it takes
     scores: ClassVar[tuple[str, ...]] = ("recurrence",)
     samplers: ClassVar[tuple[str, ...]] = ()
+    # `compare` trains it unless --objectives says otherwise (controls opt out)
+    compared_by_default: ClassVar[bool] = True
+    # compute-matched comparisons give every objective this one's FLOPs (the method the cheap
+    # ones are measured against); without one among those compared, the most expensive one's
+    budget_reference: ClassVar[bool] = False
 
     def __init__(self, cfg, seed: int = 0):
         self.cfg, self.seed = cfg, seed

@@ -83,6 +83,7 @@ class BPTTObjective(LatentRecurrence):
 
     name = "bptt"
     short = "BPTT"
+    budget_reference = True
     color = "tab:orange"
     config = BPTTConfig
 

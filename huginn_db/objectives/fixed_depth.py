@@ -46,6 +46,7 @@ class FixedDepthObjective(LatentRecurrence):
     short = "Fixed-r"
     color = "tab:green"
     config = FixedDepthConfig
+    compared_by_default = False  # a control: name it in `compare --objectives`
 
     @property
     def default_num_steps(self) -> int:

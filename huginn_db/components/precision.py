@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import resource
 from pathlib import Path
 
@@ -11,7 +12,12 @@ import torch
 
 def fast_bf16(device: torch.device) -> bool:
     """Whether bf16 matmuls beat fp32 here: CUDA, or a CPU with native bf16 dot products."""
-    if device.type == "cuda":
+    return _fast_bf16(device.type)
+
+
+@functools.lru_cache(maxsize=None)  # asked every micro-step; /proc/cpuinfo does not change
+def _fast_bf16(device_type: str) -> bool:
+    if device_type == "cuda":
         return True
     try:
         flags = Path("/proc/cpuinfo").read_text()

@@ -133,6 +133,15 @@ class _Forward:
 # --- training FLOPs ------------------------------------------------------------------------
 
 
+def _as_built(mc: ModelConfig, obj, obj_cfg) -> ModelConfig:
+    """The model config with the fields the objective decides; `mc` itself when it already has
+    them (the trainer's resolved config: no copy on its per-micro-step call)."""
+    opts = obj.model_options(obj_cfg)
+    if all(getattr(mc, k) == v for k, v in opts.items()):
+        return mc
+    return dataclasses.replace(mc, **opts)
+
+
 def _chunked_loss(mc: ModelConfig, n: int) -> bool:
     return 0 < mc.loss_chunk < n  # model.cross_entropy takes the one-pass path otherwise
 
@@ -149,7 +158,7 @@ def train_flops(
     (activation-checkpoint recompute); a chunked loss (`mc.loss_chunk`) charges the head one.
     """
     obj = for_config(obj_cfg)
-    mc = dataclasses.replace(mc, **obj.model_options(obj_cfg))
+    mc = _as_built(mc, obj, obj_cfg)
     if checkpoint_core is None:
         checkpoint_core = mc.checkpoint_core
     f = _Forward(mc, batch * seq, seq, obj.sigma_evaluations(obj_cfg, batch, seq))
@@ -195,7 +204,7 @@ def inference_flops(
     one more loop iteration.
     """
     obj = for_config(obj_cfg)
-    mc = dataclasses.replace(mc, **obj.model_options(obj_cfg))
+    mc = _as_built(mc, obj, obj_cfg)
     f = _Forward(mc, 1, context, 1)
     block = f.block_mm + f.block_attn
     core = f.adapter + mc.core_layers * block
@@ -252,7 +261,7 @@ def activation_memory(mc: ModelConfig, obj_cfg, batch: int, seq: int, bytes_per_
     stay fp32).
     """
     obj = for_config(obj_cfg)
-    mc = dataclasses.replace(mc, **obj.model_options(obj_cfg))
+    mc = _as_built(mc, obj, obj_cfg)
     h, m, C, V, H = mc.hidden, mc.mlp_hidden, mc.sigma_embed_dim, mc.vocab_size, mc.heads
     n = batch * seq
     n_sigma = obj.sigma_evaluations(obj_cfg, batch, seq)

@@ -94,6 +94,7 @@ class DiffusionBlocksObjective(Objective):
     def __init__(self, cfg: DiffusionBlocksConfig, seed: int = 0):
         super().__init__(cfg, seed)
         self.sig = cfg.sigma()
+        self.edges = dm.band_edges(cfg.num_bands, self.sig).float()  # ascending, K + 1 σ
 
     @property
     def default_num_steps(self) -> int:
@@ -137,7 +138,7 @@ class DiffusionBlocksObjective(Objective):
         else:  # inference evaluated band b at edge b+1, after edge b+2; the top band comes first
             K = cfg.num_bands
             pick &= band < K - 1
-            prev_sigma = dm.band_edges(K, self.sig).float()[(band + 2).clamp(max=K)].view(B, 1)
+            prev_sigma = self.edges[(band + 2).clamp(max=K)].view(B, 1)
         rows = pick.nonzero().flatten()
         kw = {
             "self_condition": cfg.self_condition,

@@ -64,18 +64,18 @@ def measure_saved_activations(model, objective, batch: dict, step: int) -> int:
     """Bytes of the distinct tensors autograd saves for the backward in one micro-step's forward
     (parameters and buffers excluded): the measured counterpart of `activation_memory()['saved']`."""
     own = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
-    seen: dict[int, int] = {}
+    seen: dict[int, object] = {}  # data_ptr -> storage, held so a freed address is not reused
 
     def pack(t):
         st = t.untyped_storage()
         if st.data_ptr() not in own:
-            seen[st.data_ptr()] = st.nbytes()
+            seen.setdefault(st.data_ptr(), st)
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss, _ = objective.loss(model, batch, step)
     del loss
-    return sum(seen.values())
+    return sum(st.nbytes() for st in seen.values())
 
 
 def measure_peak(

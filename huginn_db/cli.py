@@ -50,7 +50,11 @@ def demo(overrides: list[str]) -> int:
     """The main job: DB vs BPTT on the depth benchmark (cups), step-matched, scored by lm-eval."""
     from huginn_db.compare import main_compare
 
-    return main_compare([str(RECIPES / "demo-db.yaml"), "--num-steps", "1,2,4,8,16", "--limit", "100", *overrides])
+    # the two methods the project compares first; the study recipes train the rest
+    return main_compare(
+        [str(RECIPES / "demo-db.yaml"), "--objectives", "diffusion_blocks", "bptt"]
+        + ["--num-steps", "1,2,4,8,16", "--limit", "100", *overrides]
+    )
 
 
 def run_command(name: str, argv: list[str]) -> int:

@@ -307,11 +307,13 @@ class RecurrentDepthLM(nn.Module):
         state: torch.Tensor | None = None,
         cache: KVCache | None = None,
         labels=None,
+        return_state: bool = False,
     ):
         """Huginn's loop: num_steps − num_grad_steps iterations without grad, then the rest with.
 
         state: the initial state s₀ (B, T, h); drawn from `generator` when not given.
         labels: return the per-position CE instead of the logits (see decode).
+        return_state: also return the last state s_r (what deep supervision carries on).
         """
         e = self.encode(input_ids, cache)
         k = num_steps if num_grad_steps is None else min(num_grad_steps, num_steps)
@@ -326,7 +328,8 @@ class RecurrentDepthLM(nn.Module):
                 s = torch.utils.checkpoint.checkpoint(self.core_step, s, e, use_reentrant=False)
             else:
                 s = self.core_step(s, e, cache=cache)
-        return self.decode(s, cache=cache, labels=labels)
+        out = self.decode(s, cache=cache, labels=labels)
+        return (out, s) if return_state else out
 
     def clean_embeddings(self) -> torch.Tensor:
         """Ê: unit-norm token embeddings, the space the DiffusionBlocks state z lives in."""
@@ -376,8 +379,11 @@ class RecurrentDepthLM(nn.Module):
         prev_rows=None,
         prev_sigma=None,
         prev_c_in=None,
+        state=None,
+        return_state=False,
     ):
-        """Engine entry point: a recurrent pass (num_steps) or one DiffusionBlocks training pass.
+        """Engine entry point: a recurrent pass (num_steps; from `state` when given) or one
+        DiffusionBlocks training pass.
 
         The DB pass builds z = Ê[target] + σ·noise here, inside forward, so that under ZeRO-3
         the (partitioned) embedding is gathered when it is read. With `labels` both return the
@@ -396,4 +402,6 @@ class RecurrentDepthLM(nn.Module):
                     prev = prev.index_copy(0, r, sub)
             z = y + sigma[..., None] * noise
             return self.denoise(e, z, sigma, c_in, labels=labels, prev=prev)
-        return self.recur(input_ids, num_steps, num_grad_steps, generator, labels=labels)
+        return self.recur(
+            input_ids, num_steps, num_grad_steps, generator, state, labels=labels, return_state=return_state
+        )

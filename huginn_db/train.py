@@ -62,7 +62,9 @@ class Trainer:
         accum = cfg.train.grad_accum
         self.guard.begin(step + 1)
         for micro in range(accum):
-            batch = self.corpus.train_batch(cfg.train.micro_batch_size, step, micro, self.rank, self.world, accum)
+            batch = self.objective.train_batch(
+                self.corpus, cfg.train.micro_batch_size, step, micro, self.rank, self.world, accum
+            )
             batch = {k: v.to(engine.device) for k, v in batch.items()}
             with autocast_context(cfg.train.precision, engine.device):
                 loss, stats = self.objective.loss(engine, batch, step, (step * accum + micro) * self.world + self.rank)
@@ -112,7 +114,7 @@ def setup(cfg: RunConfig) -> Trainer:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     ds_config = deepspeed_config(cfg, world)
-    checkpointer = Checkpointer(Path(cfg.run_dir), cfg, world)
+    checkpointer = Checkpointer(Path(cfg.run_dir), cfg, world, objective)
     resume_tag = checkpointer.resume_point(config_stage(ds_config))
     run = prepare_run_dir(cfg, rank)
     if rank == 0:

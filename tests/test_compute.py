@@ -13,6 +13,7 @@ from huginn_db.cli import main as cli
 from huginn_db.model import ModelConfig, RecurrentDepthLM
 from huginn_db.objectives import for_config
 from huginn_db.objectives.bptt import BPTTConfig, expected_iterations, recurrence_pmf, sample_recurrence
+from huginn_db.objectives.deep_supervision import DeepSupervisionConfig
 from huginn_db.objectives.diffusion_blocks import DiffusionBlocksConfig
 from huginn_db.objectives.fixed_depth import FixedDepthConfig
 from tests.conftest import RECIPES, ROOT, TINY_MODEL
@@ -37,6 +38,7 @@ OBJECTIVES = {
     "db_sc_prediction": DiffusionBlocksConfig(num_bands=4, self_condition="prediction", self_condition_sigma="same"),
     "fixed_full": FixedDepthConfig(depth=3),
     "fixed_truncated": FixedDepthConfig(depth=4, backprop_depth=2),
+    "deep_supervision": DeepSupervisionConfig(nograd_steps=2, segments=4),
 }
 
 
@@ -247,10 +249,12 @@ def test_bench_train_quick(tmp_path):
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
-    ratios = [l for l in proc.stdout.splitlines() if l.startswith("ratio BPTT/DB")]
-    assert len(ratios) == 7 and all(re.search(r": [\d.]+x$", l) for l in ratios)
-    assert "chunked cross-entropy (c=32)" in ratios[-1]
     res = json.loads(out.read_text())["results"]
+    ratios = [l for l in proc.stdout.splitlines() if l.startswith("ratio ")]
+    # 7 ratios of every objective to the cheapest one
+    assert len(ratios) == 7 * (len(res) - 1) and all(re.search(r": [\d.]+x$", l) for l in ratios)
+    assert sum(l.startswith("ratio BPTT/") for l in ratios) == 7
+    assert "chunked cross-entropy (c=32)" in ratios[-1]
     for r in res.values():
         assert r["measured"] == pytest.approx(r["analytic_at_measured_r"], rel=0.02)
         assert r["peak_mem"] > 0 and r["median_s"] > 0 and r["peak_mem_chunked"] > 0

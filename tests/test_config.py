@@ -99,7 +99,7 @@ def test_dotted_overrides_are_typed():
         ("train.max_step=3", "unknown key 'train.max_step' (did you mean 'train.max_steps'?)"),
         ("train.max_steps=many", "train.max_steps: expected int"),
         ("model.hidden=100", "model.hidden=100 must split into heads=4"),
-        ("objective.name=adjoint", "objective.name must be bptt|diffusion_blocks"),
+        ("objective.name=adjoint", "objective.name must be bptt|deep_supervision|diffusion_blocks"),
         ("objective.diffusion_blocks.sigma_min=100", "sigma_min < sigma_max"),
         ("deepspeed=missing.json", "deepspeed: config file not found"),
         ("train.precision=fp16", "train.precision must be auto|bf16|fp32"),

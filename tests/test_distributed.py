@@ -1,6 +1,7 @@
 """Multi-process DeepSpeed on CPU (gloo): ZeRO stages, loss-curve equivalence, kill/resume, export."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +31,9 @@ TINY = [
 
 
 def launch(objective: str, run: Path, *overrides: str, nproc: int = 1, wait: bool = True):
-    args = [str(RECIPES / f"demo-{objective}.yaml"), f"run_dir={run}", *TINY, *overrides]
+    """objective: db or bptt (its demo recipe), or any registered name (the demo recipe with it)."""
+    recipe, name = (objective, []) if objective in ("db", "bptt") else ("db", [f"objective.name={objective}"])
+    args = [str(RECIPES / f"demo-{recipe}.yaml"), f"run_dir={run}", *TINY, *name, *overrides]
     env, cmd = clean_env(), train_command(args, nproc)
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -40,7 +43,8 @@ def launch(objective: str, run: Path, *overrides: str, nproc: int = 1, wait: boo
 
 
 @pytest.mark.parametrize(
-    "objective,stage", [("db", "3"), ("bptt", "3"), ("db", "1"), ("bptt", "2"), ("db", "2-offload")]
+    "objective,stage",
+    [("db", "3"), ("bptt", "3"), ("db", "1"), ("bptt", "2"), ("db", "2-offload"), ("deep_supervision", "3")],
 )
 def test_two_process_zero(objective, stage, tmp_path):
     run = tmp_path / "run"
@@ -64,11 +68,19 @@ def test_two_process_zero(objective, stage, tmp_path):
     assert state["wte.weight"].shape == model.wte.weight.shape and state["wte.weight"].abs().sum() > 0
 
 
-def test_two_process_loss_curve_matches_one_process(tmp_path):
+@pytest.mark.parametrize("objective", ["db", "deep_supervision"])
+def test_two_process_loss_curve_matches_one_process(objective, tmp_path):
+    """Data (and deep supervision's slots) follow the global slot: 2 ranks × 1 micro-batch
+    train exactly what 1 rank × 2 micro-batches does."""
     one, two = tmp_path / "one", tmp_path / "two"
-    common = ["train.max_steps=10", "train.micro_batch_size=8", "train.lr=0.003"]
-    launch("db", one, *common, "train.grad_accum=2", nproc=1)
-    launch("db", two, *common, "train.grad_accum=1", nproc=2)
+    common = [
+        "train.max_steps=10",
+        "train.micro_batch_size=8",
+        "train.lr=0.003",
+        "objective.deep_supervision.segments=3",
+    ]
+    launch(objective, one, *common, "train.grad_accum=2", nproc=1)
+    launch(objective, two, *common, "train.grad_accum=1", nproc=2)
     a, b = metrics(one), metrics(two)
     assert len(a) == len(b) == 10
     assert a[-1]["tokens"] == b[-1]["tokens"]
@@ -77,18 +89,19 @@ def test_two_process_loss_curve_matches_one_process(tmp_path):
     assert a[0]["loss"] != a[-1]["loss"]  # it actually trained
 
 
-@pytest.mark.parametrize("stage", [0, 3])
-def test_killed_run_resumes_to_identical_result(stage, tmp_path):
+@pytest.mark.parametrize("objective,stage", [("bptt", 0), ("bptt", 3), ("deep_supervision", 0)])
+def test_killed_run_resumes_to_identical_result(objective, stage, tmp_path):
     common = [
         "train.max_steps=12",
         "train.micro_batch_size=8",
         "train.save_every=4",
         f"deepspeed=deepspeed/zero{stage}.json",
+        "objective.deep_supervision.segments=3",  # refills on both sides of the kill
     ]
     full, killed = tmp_path / "full", tmp_path / "killed"
-    launch("bptt", full, *common)
+    launch(objective, full, *common)
 
-    proc = launch("bptt", killed, *common, wait=False)
+    proc = launch(objective, killed, *common, wait=False)
     latest = killed / "checkpoints" / "latest"
     deadline = time.time() + 300
     while not (latest.is_file() and latest.read_text().strip() == "step8") and time.time() < deadline:
@@ -97,7 +110,7 @@ def test_killed_run_resumes_to_identical_result(stage, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert latest.read_text().strip() == "step8"
-    launch("bptt", killed, *common, "resume=auto")
+    launch(objective, killed, *common, "resume=auto")
 
     a, b = metrics(full), metrics(killed)
     assert [r["step"] for r in b] == list(range(1, 13))
@@ -105,6 +118,32 @@ def test_killed_run_resumes_to_identical_result(stage, tmp_path):
     wa, wb = consolidated_state_dict(full), consolidated_state_dict(killed)
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_deep_supervision_two_process_zero3_resume_carries_every_slot_state(tmp_path):
+    """Resume from an earlier checkpoint of a 2-rank ZeRO-3 run: each rank reloads its slots'
+    carried states, and the rest of the run repeats exactly."""
+    common = [
+        "train.max_steps=6",
+        "train.micro_batch_size=4",
+        "train.save_every=3",
+        "deepspeed=deepspeed/zero3.json",
+        "objective.deep_supervision.segments=4",
+    ]
+    run = tmp_path / "run"
+    launch("deep_supervision", run, *common, nproc=2)
+    full = metrics(run)
+    ckpt = run / "checkpoints"
+    assert sorted(p.name for p in (ckpt / "step3").glob("objective-rank*.pt")) == [
+        "objective-rank0.pt",
+        "objective-rank1.pt",
+    ]
+    shutil.rmtree(ckpt / "step6")  # as if the run had died after the save of step 3
+    (ckpt / "latest").write_text("step3")
+    launch("deep_supervision", run, *common, "resume=auto", nproc=2)
+    again = metrics(run)
+    assert [r["step"] for r in again] == list(range(1, 7))
+    assert [r["loss"] for r in again] == [r["loss"] for r in full]
 
 
 def test_export_to_safetensors_loads_without_deepspeed(tmp_path):

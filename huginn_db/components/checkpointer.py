@@ -20,6 +20,8 @@ from huginn_db.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("huginn_db")
 
+OBJECTIVE_STATE = "objective-rank{rank}.pt"  # an objective's own state (Objective.state_dict)
+
 
 @dataclass
 class Progress:
@@ -32,8 +34,8 @@ class Progress:
 
 
 class Checkpointer:
-    def __init__(self, run: Path, cfg, world: int):
-        self.dir, self.cfg, self.world = run / "checkpoints", cfg, world
+    def __init__(self, run: Path, cfg, world: int, objective=None):
+        self.dir, self.cfg, self.world, self.objective = run / "checkpoints", cfg, world, objective
 
     def save(self, engine, progress: Progress, corpus) -> None:
         """Every rank writes .tmp-stepN/, rank 0 publishes it. On failure (full disk, I/O error)
@@ -57,6 +59,9 @@ class Checkpointer:
         error = None
         try:
             engine.save_checkpoint(str(self.dir), tag=TMP_PREFIX + tag, client_state=client, save_latest=False)
+            state = self.objective.state_dict() if self.objective is not None else None
+            if state is not None:  # per rank (DeepSpeed's client_state is rank 0's only); in the manifest
+                torch.save(state, self.dir / (TMP_PREFIX + tag) / OBJECTIVE_STATE.format(rank=rank))
         except Exception as err:  # torch.save reports a full disk as RuntimeError, Python as OSError
             error = err
         ok = agree(error is None, torch.distributed.ReduceOp.MIN, engine.device)
@@ -115,5 +120,11 @@ class Checkpointer:
         torch.set_rng_state(client["torch_rng"])
         np.random.set_state(client["numpy_rng"])
         random.setstate(client["python_rng"])
+        states = sorted((self.dir / tag).glob(OBJECTIVE_STATE.format(rank="*")))
+        if self.objective is not None and states:
+            tc = self.cfg.train
+            self.objective.load_state_dict(
+                [torch.load(p, weights_only=True) for p in states], tc.micro_batch_size, self.world, tc.grad_accum
+            )
         log.info("resumed from %s (step %d)", tag, client["step"])
         return Progress(client["step"], client["tokens"], client["flops"], client.get("skipped", 0))

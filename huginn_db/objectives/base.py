@@ -47,6 +47,18 @@ class Objective:
         """Test-time loop iterations when none are asked for."""
         raise NotImplementedError
 
+    def train_batch(self, corpus, batch_size: int, step: int, micro: int, rank: int, world: int, grad_accum: int):
+        """The micro-batch `loss` trains on at (step, micro, rank): the corpus's, unless the
+        objective keeps examples across steps."""
+        return corpus.train_batch(batch_size, step, micro, rank, world, grad_accum)
+
+    def state_dict(self) -> dict | None:
+        """This rank's training state beyond the weights (checkpointed per rank); None: none."""
+        return None
+
+    def load_state_dict(self, states: list[dict], batch_size: int, world: int, grad_accum: int) -> None:
+        """Resume from every rank's `state_dict` of a checkpoint (the world may have changed)."""
+
     def loss(self, model, batch, step: int, slot: int = 0) -> tuple[torch.Tensor, dict]:
         """One training micro-step: (scalar loss, stats). `slot` is the global micro-batch
         index (step·grad_accum + micro)·world + rank. stats["r"], when present, is the number of

@@ -1,0 +1,164 @@
+"""Deep supervision (HRM, TRM) on Huginn's architecture: the loop's state is carried from one
+training step to the next instead of backpropagated through.
+
+Every micro-batch row is a slot that keeps one example for `segments` (M) steps together with
+its latent state s. A step runs n = `nograd_steps` core iterations without gradient and one
+with, from the slot's detached state, supervises the coda output, and keeps the new state
+(detached). After M steps the slot takes the next example and a fresh random state. Slots are
+staggered (slot q is q mod M segments into its first example), so every batch mixes the depths
+(n+1), 2(n+1), … M(n+1). A step backpropagates through one core iteration, so n = 0 costs
+what a DiffusionBlocks step costs, while the model learns to improve its answer from states
+it reached itself. HRM's learned halting (ACT) is left out: every example gets all M segments.
+Inference is the latent recurrence from a random state, M(n+1) iterations by default.
+
+Data: the slot at global row q = (micro·world + rank)·B + i holds, as its j-th example, row i
+of the corpus's micro-batch of step j. The sample stream is the one the other objectives read,
+each sample kept for M steps, still a function of (step, global row) and sharded by global
+slot. The carried states are checkpointed with every rank's own slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from huginn_db.errors import ConfigError
+from huginn_db.objectives.base import LatentRecurrence, seed_of, unwrap
+from huginn_db.objectives.registry import register
+
+
+@dataclass
+class DeepSupervisionConfig:
+    nograd_steps: int = 0
+    """n: core iterations without gradient before the one with, every step."""
+    segments: int = 16
+    """M: steps (supervision segments) a slot keeps its example and its carried state."""
+    stagger: bool = True
+    """Slot q starts q mod M segments into its first example, so a batch mixes depths (False:
+    every slot takes a new example at the same step)."""
+    eval_steps: int | None = None
+    """Default test-time iterations (None: segments·(nograd_steps + 1), the depth training reaches)."""
+
+    def __post_init__(self):
+        if self.nograd_steps < 0:
+            raise ValueError(f"nograd_steps must be >= 0, got {self.nograd_steps}")
+        if self.segments < 1:
+            raise ValueError(f"segments must be >= 1, got {self.segments}")
+        if self.eval_steps is not None and self.eval_steps < 1:
+            raise ValueError(f"eval_steps must be >= 1 or null, got {self.eval_steps}")
+
+    @property
+    def depth(self) -> int:
+        """Core iterations an example has been through at its last segment."""
+        return self.segments * (self.nograd_steps + 1)
+
+
+@register
+class DeepSupervisionObjective(LatentRecurrence):
+    """n no-grad + 1 grad core iterations per step from each slot's carried, detached state."""
+
+    name = "deep_supervision"
+    short = "DeepSup"
+    color = "tab:purple"
+    config = DeepSupervisionConfig
+
+    def __init__(self, cfg: DeepSupervisionConfig, seed: int = 0):
+        super().__init__(cfg, seed)
+        self.states: dict[int, torch.Tensor] = {}  # first global row of a micro-batch -> (B, T, h) fp32
+        self._examples: dict[tuple[int, int], dict] = {}  # (first row, j) -> corpus micro-batch of step j
+
+    @property
+    def default_num_steps(self) -> int:
+        return self.cfg.eval_steps or self.cfg.depth
+
+    def schedule(self, rows: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(example number j, age = segments already done on it) of global rows at `step`."""
+        m = self.cfg.segments
+        phase = step + (rows % m if self.cfg.stagger else torch.zeros_like(rows))
+        return phase // m, phase % m
+
+    def train_batch(self, corpus, batch_size, step, micro, rank, world, grad_accum):
+        first = (micro * world + rank) * batch_size
+        rows = torch.arange(first, first + batch_size)
+        example, age = self.schedule(rows, step)
+        needed = sorted(set(example.tolist()))
+        for key in [k for k in self._examples if k[0] == first and k[1] not in needed]:
+            del self._examples[key]  # j only grows with the step: an example left behind is done
+        for j in needed:
+            if (first, j) not in self._examples:
+                self._examples[first, j] = corpus.train_batch(batch_size, j, micro, rank, world, grad_accum)
+        batch = {k: v.clone() for k, v in self._examples[first, needed[0]].items()}
+        for j in needed[1:]:
+            take = example == j
+            for k, v in self._examples[first, j].items():
+                batch[k][take] = v[take]
+        return {**batch, "rows": rows, "example": example, "age": age}
+
+    def _fresh_state(self, model, T: int, row: int, example: int, tag: int = 4) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed_of(self.seed, row, example, tag))
+        return model.initial_state(torch.empty(1, T, model.cfg.hidden), g)[0]
+
+    def loss(self, model, batch, step: int, slot: int = 0):
+        """A batch without slot rows (a plain corpus batch: tests, FLOP probes) starts every row
+        from a fresh state and keeps nothing."""
+        n, ids = self.cfg.nograd_steps, batch["input_ids"]
+        B, T = ids.shape
+        m = unwrap(model)
+        rows = batch.get("rows")
+        key = int(rows[0]) if rows is not None else None
+        s = self.states.get(key)
+        if s is None or s.shape[:2] != (B, T):  # the run's first step, or a plain batch
+            s = torch.empty(B, T, m.cfg.hidden, device=ids.device)
+            fresh = torch.ones(B, dtype=torch.bool)
+        else:
+            fresh = batch["age"].cpu() == 0
+            fresh |= ~torch.isfinite(s).flatten(1).all(1).cpu()  # a diverged state starts over
+        for i in fresh.nonzero().flatten().tolist():
+            if rows is not None:
+                s[i] = self._fresh_state(m, T, int(rows[i]), int(batch["example"][i])).to(s.device)
+            else:
+                s[i] = self._fresh_state(m, T, slot, i, tag=5).to(s.device)
+        w = batch["loss_weight"]
+        ce, s = model(ids, num_steps=n + 1, num_grad_steps=1, state=s, labels=batch["target_ids"], return_state=True)
+        if key is not None:
+            self.states[key] = s.detach().float()
+        loss = (ce * w).sum() / w.sum().clamp(min=1)
+        stats = {"r": n + 1, "no_grad_iters": n, "grad_iters": 1}
+        if rows is not None:
+            stats["depth_mean"] = float((batch["age"] + 1).float().mean()) * (n + 1)
+        return loss, stats
+
+    def state_dict(self) -> dict:
+        return {"segments": self.cfg.segments, "states": {k: v.cpu() for k, v in self.states.items()}}
+
+    def load_state_dict(self, states: list[dict], batch_size: int, world: int, grad_accum: int) -> None:
+        saved = {k: v for sd in states for k, v in sd["states"].items()}
+        if not saved:
+            return
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        mine = [(micro * world + rank) * batch_size for micro in range(grad_accum)]
+        rows = sum(v.shape[0] for v in saved.values())
+        if states[0]["segments"] != self.cfg.segments or any(
+            k not in saved or saved[k].shape[0] != batch_size for k in mine
+        ):
+            raise ConfigError(
+                f"deep_supervision: the checkpoint carries states of {rows} slots in micro-batches of "
+                f"{next(iter(saved.values())).shape[0]} (segments={states[0]['segments']}); this run needs "
+                f"{world * grad_accum * batch_size} in micro-batches of {batch_size} (segments={self.cfg.segments}): "
+                f"keep train.micro_batch_size·grad_accum·world and segments, or start a new run"
+            )
+        self.states = {k: saved[k] for k in mine}
+
+    # --- analytic cost ---
+    @staticmethod
+    def core_iterations(cfg: DeepSupervisionConfig, r: int | None = None) -> tuple[float, float]:
+        return 1.0, float(cfg.nograd_steps)
+
+    @staticmethod
+    def saved_core_iterations(cfg: DeepSupervisionConfig) -> int:
+        return 1
+
+    @staticmethod
+    def draw_iterations(cfg: DeepSupervisionConfig, step: int, seed: int = 0) -> int:
+        return cfg.nograd_steps + 1

@@ -7,7 +7,7 @@ RUN      = $(VENV)/bin/python
 STAMP    = $(VENV)/.installed
 OPS      = $(VENV)/.deepspeed-ops
 
-.PHONY: install demo test test-fast lint format clean
+.PHONY: install demo study test test-fast lint format clean
 
 # torch goes in first and pinned, then everything else with the pin as a constraint, so a
 # CPU machine never pulls the multi-GB CUDA build. GPU users: `make install TORCH=torch`.
@@ -30,6 +30,14 @@ install: $(STAMP) $(OPS)
 
 demo: $(OPS)
 	$(VENV)/bin/huginn-db demo
+
+# README "What one-pass training keeps and loses": 3 seeds of the methods, seed 0 of the
+# controls, at BPTT's FLOPs (hours on 2 cores; --skip-done keeps what is already there)
+STUDY = $(VENV)/bin/huginn-db compare recipes/depth-db.yaml --mode compute --out runs/study --skip-done
+study: $(OPS)
+	$(STUDY) --seeds 0 1 2 --objectives bptt diffusion_blocks deep_supervision diffusion_blocks:self_condition=latent
+	$(STUDY) --seeds 0 --objectives bptt fixed_depth:depth=1 fixed_depth:depth=8 diffusion_blocks:self_condition=prediction
+	$(VENV)/bin/huginn-db report runs/study/*-seed* --out runs/study
 
 test: $(OPS)
 	$(RUN) -m pytest -q tests

@@ -3,15 +3,24 @@ DiffusionBlocks and truncated BPTT): train each, evaluate each with lm-eval at s
 test-time depths, and write a report of what each cost and what each scored.
 
     huginn-db compare RECIPE.yaml [--mode step|compute] [--objectives A B ...] [--seeds 0 1]
-                      [--num-steps 1,2,4,8] [--tasks T,...] [--limit N] [--out DIR] [dotted.key=value ...]
+                      [--num-steps 1,2,4,8] [--tasks T,...] [--limit N] [--out DIR] [--skip-done]
+                      [dotted.key=value ...]
     huginn-db report RUN_DIR [RUN_DIR ...] [--out DIR]
+
+An --objectives entry is a registered objective, or a variant of one with its own config keys:
+`diffusion_blocks:self_condition=latent,self_condition_prob=0.7` trains objective.name=
+diffusion_blocks with objective.diffusion_blocks.self_condition=latent, … (scalar values; its
+run directories are db-self_condition-latent-…-seedN and its label in the report
+"DB self_condition=latent …").
 
 `step` mode trains every objective for the recipe's train.max_steps. `compute` mode gives each
 the same training-FLOP budget: the reference objective's (BPTT's; else the most expensive
 one's) expected FLOPs at train.max_steps (or --flops), with each objective's steps = budget /
 its analytic FLOPs per step. Without --objectives: every registered objective but the controls.
 Each run directory keeps its metrics.jsonl and eval/lm_eval.json, so `report` can rebuild
-report.md and the plots from run directories alone.
+report.md and the plots from run directories alone. --skip-done keeps a run directory whose
+recorded config is the one this command would train and whose lm-eval scores cover the same
+tasks, depths and limit (an interrupted study continues where it stopped).
 """
 
 from __future__ import annotations
@@ -21,9 +30,10 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from huginn_db.config import load_config
+from huginn_db.config import RunConfig, from_dict, load_config, resolve, to_dict
 from huginn_db.errors import ConfigError
 from huginn_db.objectives import OBJECTIVES
 from huginn_db.report import print_report, write_report
@@ -41,26 +51,101 @@ def default_objectives() -> list[str]:
     return [name for name, obj in OBJECTIVES.items() if obj.compared_by_default]
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One --objectives entry: a registered objective and, for a variant, its own config keys."""
+
+    name: str
+    keys: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, spec: str) -> Variant:
+        name, _, rest = spec.partition(":")
+        if name not in OBJECTIVES:
+            raise ConfigError(f"--objectives: unknown objective {name!r} (registered: {', '.join(OBJECTIVES)})")
+        keys = []
+        for item in filter(None, rest.split(",")):
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise ConfigError(f"--objectives {spec!r}: expected {name}:key=value[,key=value], got {item!r}")
+            keys.append((key.strip(), value.strip()))
+        return cls(name, tuple(keys))
+
+    @property
+    def spec(self) -> str:
+        return self.name + (":" + ",".join(f"{k}={v}" for k, v in self.keys) if self.keys else "")
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"objective.name={self.name}", *(f"objective.{self.name}.{k}={v}" for k, v in self.keys)]
+
+    @property
+    def label(self) -> str:
+        """The report's name for it ("": the objective's own)."""
+        return " ".join([OBJECTIVES[self.name].short, *(f"{k}={v}" for k, v in self.keys)]) if self.keys else ""
+
+    @property
+    def slug(self) -> str:
+        return "-".join([OBJECTIVES[self.name].short.lower(), *(f"{k}-{v}" for k, v in self.keys)])
+
+
+def _variants(objectives) -> list[Variant]:
+    return [o if isinstance(o, Variant) else Variant.parse(o) for o in (objectives or default_objectives())]
+
+
 def steps_for_budget(
-    recipe: str, overrides: list[str], budget: float | None, objectives: list[str] | None = None
+    recipe: str, overrides: list[str], budget: float | None, objectives: list | None = None
 ) -> tuple[dict[str, int], float]:
-    """Steps per objective so that each spends the same analytic training FLOPs; the default
-    budget is the most expensive objective's at train.max_steps."""
+    """Steps per objective (keyed by its --objectives entry) so that each spends the same
+    analytic training FLOPs; the default budget is the reference objective's (BPTT's; else the
+    most expensive one's) at train.max_steps."""
     from huginn_db.compute import train_flops
     from huginn_db.data import build_corpus
 
     per_step = {}
-    objectives = objectives or default_objectives()
-    for obj in objectives:
-        cfg = load_config(recipe, [*overrides, f"objective.name={obj}"])
+    variants = _variants(objectives)
+    for v in variants:
+        cfg = load_config(recipe, [*overrides, *v.overrides])
         T = build_corpus(cfg.data, cfg.seed, cfg.model.context).train_seq_len
         B = cfg.train.micro_batch_size * cfg.train.grad_accum  # per rank; the ratio is what matters
-        per_step[obj] = train_flops(cfg.model, cfg.objective_config(), B, T)["total"]  # E over r for BPTT
+        per_step[v.spec] = train_flops(cfg.model, cfg.objective_config(), B, T)["total"]  # E over r for BPTT
     if budget is None:
-        refs = [o for o in objectives if OBJECTIVES[o].budget_reference]
-        reference = per_step[refs[0]] if refs else max(per_step.values())
+        refs = sorted((bool(v.keys), v.spec) for v in variants if OBJECTIVES[v.name].budget_reference)
+        reference = per_step[refs[0][1]] if refs else max(per_step.values())
         budget = reference * load_config(recipe, overrides).train.max_steps
-    return {obj: max(1, round(budget / f)) for obj, f in per_step.items()}, budget
+    return {spec: max(1, round(budget / f)) for spec, f in per_step.items()}, budget
+
+
+def _essence(cfg: RunConfig) -> dict:
+    """What decides a run's result: the config without paths, labels, thread counts, the
+    trainer's own evaluation and the other objectives' sections."""
+    d = to_dict(cfg)
+    for key in ("run_dir", "overwrite", "resume", "label", "eval"):
+        d.pop(key)
+    d["train"].pop("threads", None)
+    d["objective"] = {"name": cfg.objective.name, cfg.objective.name: d["objective"][cfg.objective.name]}
+    return d
+
+
+def is_done(run: Path, recipe: str, overrides: list[str], tasks: list[str], num_steps: list[int], limit) -> bool:
+    """True when `run` holds the run these overrides would train, scored on these tasks and depths."""
+    import yaml
+
+    ev, recorded = run / "eval" / "lm_eval.json", run / "config.yaml"
+    if not (ev.is_file() and recorded.is_file()):
+        return False
+    try:
+        have = from_dict(RunConfig, yaml.safe_load(recorded.read_text()))
+        scores = json.loads(ev.read_text())
+    except (ConfigError, ValueError, TypeError, yaml.YAMLError):
+        return False
+    want = resolve(load_config(recipe, overrides), have.model.vocab_size)
+    return (
+        _essence(have) == _essence(want)
+        and scores.get("tasks") == tasks
+        and scores.get("limit") == limit
+        and set(scores.get("scores", {})) == {str(K) for K in num_steps}
+    )
 
 
 def compare(
@@ -73,13 +158,13 @@ def compare(
     out: Path,
     overrides: list[str],
     budget: float | None = None,
-    objectives: list[str] | None = None,
+    objectives: list | None = None,
+    skip_done: bool = False,
 ) -> Path:
     base = load_config(recipe, overrides)
-    objectives = objectives or default_objectives()
-    unknown = [o for o in objectives if o not in OBJECTIVES]
-    if unknown:
-        raise ConfigError(f"--objectives: unknown objective {unknown[0]!r} (registered: {', '.join(OBJECTIVES)})")
+    variants = _variants(objectives)
+    for v in variants:  # a bad variant key fails here, before any training
+        load_config(recipe, [*overrides, *v.overrides])
     from huginn_db.lm_eval import default_tasks, task_manager
 
     tasks = tasks or default_tasks(base)
@@ -87,27 +172,28 @@ def compare(
         task_manager(tasks)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    steps = {obj: base.train.max_steps for obj in objectives}
+    steps = {v.spec: base.train.max_steps for v in variants}
     if mode == "compute":
-        steps, budget = steps_for_budget(recipe, overrides, budget, objectives)
+        steps, budget = steps_for_budget(recipe, overrides, budget, variants)
         print(f"compute-matched budget {budget:.3e} FLOPs: steps {steps}", flush=True)
     runs = []
     for seed in seeds:
-        for obj in objectives:
-            run = out / f"{OBJECTIVES[obj].short.lower()}-seed{seed}"
+        for v in variants:
+            run = out / f"{v.slug}-seed{seed}"
             # the trainer's own end-of-run accuracy is skipped: lm-eval scores the runs below
-            _train(
-                recipe,
-                run,
-                [
-                    *overrides,
-                    f"objective.name={obj}",
-                    f"seed={seed}",
-                    f"train.max_steps={steps[obj]}",
-                    "eval.num_steps=[]",
-                ],
-            )
-            evaluate_run(run, tasks, num_steps, limit, seed)
+            args = [
+                *overrides,
+                *v.overrides,
+                f"label={v.label}",
+                f"seed={seed}",
+                f"train.max_steps={steps[v.spec]}",
+                "eval.num_steps=[]",
+            ]
+            if skip_done and is_done(run, recipe, args, tasks, num_steps, limit):
+                print(f"== {run}: done (same config and scores), kept", flush=True)
+            else:
+                _train(recipe, run, args)
+                evaluate_run(run, tasks, num_steps, limit, seed)
             runs.append(run)
     return write_report(runs, out)
 
@@ -125,7 +211,7 @@ def evaluate_run(run: Path, tasks: list[str], num_steps: list[int], limit: int |
         for K, res in results.items()
     }
     (run / "eval").mkdir(exist_ok=True)
-    (run / "eval" / "lm_eval.json").write_text(json.dumps({"tasks": tasks, "scores": scores}, indent=2))
+    (run / "eval" / "lm_eval.json").write_text(json.dumps({"tasks": tasks, "limit": limit, "scores": scores}, indent=2))
     return scores
 
 
@@ -141,8 +227,10 @@ def main_compare(argv: list[str]) -> int:
         nargs="+",
         default=None,
         metavar="NAME",
-        help=f"objectives to train (default: {' '.join(default_objectives())}; registered: {' '.join(OBJECTIVES)})",
+        help=f"objectives or NAME:key=value,… variants to train (default: {' '.join(default_objectives())}; "
+        f"registered: {' '.join(OBJECTIVES)})",
     )
+    ap.add_argument("--skip-done", action="store_true", help="keep runs already trained and scored as asked")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--num-steps", default="1,2,4,8,16", help="test-time depths for evaluation")
     ap.add_argument("--tasks", default=None, help="comma-separated lm-eval tasks (default: by data)")
@@ -164,6 +252,7 @@ def main_compare(argv: list[str]) -> int:
             args.overrides,
             args.flops,
             args.objectives,
+            args.skip_done,
         )
     except subprocess.CalledProcessError as err:  # the run printed its own error; pass its exit code on
         print(f"huginn-db: error: a training run failed (exit {err.returncode})", file=sys.stderr)

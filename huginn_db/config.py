@@ -146,6 +146,8 @@ class RunConfig:
     """Replace an existing run in run_dir (metrics and checkpoints)."""
     resume: typing.Literal["never", "auto"] = "never"
     """auto: continue from run_dir/checkpoints/latest if present."""
+    label: str = ""
+    """This run's name in reports and plots ("": its objective's); `compare` sets it for variants."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The looped model: prelude, core, coda."""
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)

@@ -21,15 +21,23 @@ TASKS_SRC = Path(__file__).resolve().parent.parent / "eval" / "tasks"
 
 
 def short(name: str) -> str:
+    """A registered objective's table label; a variant's label is its own."""
     from huginn_db.objectives import OBJECTIVES
 
     return OBJECTIVES[name].short if name in OBJECTIVES else name
 
 
+# variants (labels) get colours no registered objective uses, in the order they are first drawn
+_VARIANT_COLORS = ("tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "black")
+_variant_color: dict[str, str] = {}
+
+
 def color(name: str) -> str:
     from huginn_db.objectives import OBJECTIVES
 
-    return OBJECTIVES[name].color if name in OBJECTIVES else "tab:gray"
+    if name in OBJECTIVES:
+        return OBJECTIVES[name].color
+    return _variant_color.setdefault(name, _VARIANT_COLORS[len(_variant_color) % len(_VARIANT_COLORS)])
 
 
 def by_objective(data: list[dict]) -> dict[str, list[dict]]:
@@ -49,7 +57,8 @@ def load_run(run: Path) -> dict:
     ev = run / "eval" / "lm_eval.json"
     return {
         "run": run,
-        "objective": cfg["objective"]["name"],
+        "objective": cfg.get("label") or cfg["objective"]["name"],  # the report's grouping
+        "method": cfg["objective"]["name"],
         "seed": cfg["seed"],
         "cfg": cfg,
         "train": [r for r in rows if "loss" in r],
@@ -174,7 +183,52 @@ def _depth_section(data: list[dict], by_obj: dict) -> list[str]:
             f"{', '.join(format(s['gain'], '+.3f') for s in sums)} | "
             f"d{s0['trained_max']}: {fmt([s.get('scaling', float('nan')) for s in sums], '+.3f')} |"
         )
-    return lines + _audit_section(first)
+    return lines + _bar_section(by_obj) + _audit_section(first)
+
+
+def _bar_section(by_obj: dict) -> list[str]:
+    """Every objective against the budget reference (BPTT): FLOPs per step, extrapolation gain
+    and accuracy at the largest trained difficulty (each at its best K), means over seeds."""
+    from huginn_db.objectives import OBJECTIVES
+
+    refs = [o for o, ds in by_obj.items() if o in OBJECTIVES and OBJECTIVES[o].budget_reference and ds]
+    if not refs or len(by_obj) < 2:
+        return []
+
+    def means(ds):
+        sums = [(d, s) for d in ds if (s := depth_summary(d)) is not None and "gain" in s]
+        if not sums:
+            return None
+        best = [max(depth_matrix(d).get(s["trained_max"], {}).values(), default=float("nan")) for d, s in sums]
+        return {
+            "flops": statistics.mean(d["train"][-1]["flops"] / d["train"][-1]["step"] for d in ds),
+            "gain": statistics.mean(s["gain"] for _, s in sums),
+            "trained": statistics.mean(best),
+            "seeds": len(sums),
+        }
+
+    ref = means(by_obj[refs[0]])
+    if ref is None:
+        return []
+    lines = [
+        "",
+        f"Against {short(refs[0])} (the bar: ≤ 1/5 of its training FLOPs per step, extrapolation gain within 5 "
+        f"points, accuracy at the largest trained difficulty — each objective at its best K — within 2 points; "
+        f"means over seeds):",
+        "",
+        "| objective | seeds | FLOPs/step ÷ ref | gain − ref (points) | largest trained d, best K − ref (points) | bar |",
+        "|---|---|---|---|---|---|",
+    ]
+    for o, ds in by_obj.items():
+        m = means(ds)
+        if o == refs[0] or m is None:
+            continue
+        ratio, dg, dt = m["flops"] / ref["flops"], 100 * (m["gain"] - ref["gain"]), 100 * (m["trained"] - ref["trained"])
+        ok = ratio <= 0.2 and dg >= -5 and dt >= -2
+        lines.append(
+            f"| {short(o)} | {m['seeds']} | {ratio:.2f} | {dg:+.1f} | {dt:+.1f} | {'**met**' if ok else 'not met'} |"
+        )
+    return lines
 
 
 def _corpus(run: dict):

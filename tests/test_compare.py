@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -34,7 +35,7 @@ def run(*args, timeout=900):
 
 def test_compare_compute_matched_then_report_rebuild(tmp_path):
     out = tmp_path / "cmp"
-    stdout = run(
+    args = [
         "compare",
         str(RECIPES / "demo-db.yaml"),
         "--mode",
@@ -45,9 +46,14 @@ def test_compare_compute_matched_then_report_rebuild(tmp_path):
         "4",
         "--out",
         str(out),
+        "--objectives",
+        "bptt",
+        "diffusion_blocks",
+        "diffusion_blocks:self_condition=latent",  # a variant: its own runs and label
         "train.max_steps=10",
         *TINY,
-    )
+    ]
+    stdout = run(*args)
     assert "Training cost" in stdout and "Depth benchmark: `cups` family" in stdout and "Shortcut audit" in stdout
     report = (out / "report.md").read_text()
     for png in ("loss_vs_flops.png", "depth_per_difficulty.png", "test_time_scaling.png"):
@@ -65,9 +71,21 @@ def test_compare_compute_matched_then_report_rebuild(tmp_path):
         assert set(scores) == {"1", "2"} and set(scores["2"]) == {f"reasoning_cups_d{d}" for d in (2, 7, 8)}
         assert 0.0 <= scores["2"]["reasoning_cups_d2"]["exact_match,none"] <= 1.0
     assert re.search(r"\| d7 ‡ \| [\d.]+ \| [\d.]+ \|", report) and "| BPTT | d8 | 1 → 2 |" in report
+    variant = out / "db-self_condition-latent-seed0"
+    assert "| DB self_condition=latent | d8 | 1 → 2 |" in report
+    assert json.loads((variant / "eval" / "lm_eval.json").read_text())["scores"]["1"]
+    sc = [json.loads(l) for l in (variant / "metrics.jsonl").read_text().splitlines()]
+    assert bptt[-1]["step"] < sc[-1]["step"] < db[-1]["step"]  # its first passes cost FLOPs
 
+    runs = [str(out / r) for r in ("bptt-seed0", "db-seed0", variant.name)]
     (out / "report.md").unlink()
-    run("report", str(out / "db-seed0"), str(out / "bptt-seed0"), "--out", str(out))
+    run("report", *runs, "--out", str(out))
+    assert (out / "report.md").read_text() == report
+    # the same command with --skip-done keeps every finished run
+    before = {r: (Path(r) / "metrics.jsonl").stat().st_mtime_ns for r in runs}
+    again = run(*args, "--skip-done")
+    assert again.count("done (same config and scores), kept") == 3
+    assert {r: (Path(r) / "metrics.jsonl").stat().st_mtime_ns for r in runs} == before
     assert (out / "report.md").read_text() == report
 
 

@@ -191,3 +191,25 @@ def test_family_check_follows_the_registry(monkeypatch):
 
     monkeypatch.setitem(families.FAMILIES, "sudoku", families.FAMILIES["perm"])
     assert ReasoningConfig(family="sudoku").family == "sudoku"  # checked against the registry, not a fixed list
+
+
+def test_compare_objective_variants_parse_and_bad_ones_fail_with_the_entry():
+    from huginn_db.compare import Variant, steps_for_budget
+
+    v = Variant.parse("diffusion_blocks:self_condition=latent,self_condition_prob=0.7")
+    assert v.overrides == [
+        "objective.name=diffusion_blocks",
+        "objective.diffusion_blocks.self_condition=latent",
+        "objective.diffusion_blocks.self_condition_prob=0.7",
+    ]
+    assert v.label == "DB self_condition=latent self_condition_prob=0.7"
+    assert v.slug == "db-self_condition-latent-self_condition_prob-0.7" and Variant.parse("bptt").label == ""
+    with pytest.raises(ConfigError, match="unknown objective 'adjoint'"):
+        Variant.parse("adjoint:x=1")
+    with pytest.raises(ConfigError, match="expected bptt:key=value"):
+        Variant.parse("bptt:backprop_depth")
+    # the plain reference objective sets the budget; a variant's extra passes buy it fewer steps
+    steps, budget = steps_for_budget(
+        str(RECIPES / "demo-db.yaml"), [], None, ["diffusion_blocks:self_condition=latent", "bptt", "diffusion_blocks"]
+    )
+    assert steps["bptt"] == 1500 and steps["diffusion_blocks"] > steps["diffusion_blocks:self_condition=latent"] > 1500

@@ -223,7 +223,11 @@ def _bar_section(by_obj: dict) -> list[str]:
         m = means(ds)
         if o == refs[0] or m is None:
             continue
-        ratio, dg, dt = m["flops"] / ref["flops"], 100 * (m["gain"] - ref["gain"]), 100 * (m["trained"] - ref["trained"])
+        ratio, dg, dt = (
+            m["flops"] / ref["flops"],
+            100 * (m["gain"] - ref["gain"]),
+            100 * (m["trained"] - ref["trained"]),
+        )
         ok = ratio <= 0.2 and dg >= -5 and dt >= -2
         lines.append(
             f"| {short(o)} | {m['seeds']} | {ratio:.2f} | {dg:+.1f} | {dt:+.1f} | {'**met**' if ok else 'not met'} |"

@@ -238,6 +238,10 @@ def main_compare(argv: list[str]) -> int:
     ap.add_argument("--out", default=None, help="default: the recipe's run_dir parent + /compare")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_intermixed_args(argv)
+    if args.objectives:  # nargs="+" also takes the dotted overrides that follow it: give them back
+        keys = [o for o in args.objectives if "=" in o and ":" not in o]
+        args.objectives = [o for o in args.objectives if o not in keys] or None
+        args.overrides = [*args.overrides, *keys]
     base = load_config(args.recipe, args.overrides)
     out = Path(args.out) if args.out else Path(base.run_dir).parent
     try:

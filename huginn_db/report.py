@@ -395,8 +395,12 @@ def _plots(data, by_obj, out: Path) -> list[Path]:
         return statistics.mean(vals) if vals else float("nan")
 
     # accuracy per difficulty, one curve per K, per objective
-    fig, axes = plt.subplots(1, len(objs), figsize=(5.5 * len(objs), 4), squeeze=False)
-    for ax, o in zip(axes[0], objs):
+    cols = min(3, len(objs))
+    rows = -(-len(objs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(objs) :]:
+        ax.set_visible(False)
+    for ax, o in zip(axes.flat, objs):
         ds = by_obj[o]
         diffs = sorted({k for d in ds for k in depth_matrix(d)})
         Ks = sorted({K for d in ds for row in depth_matrix(d).values() for K in row})
@@ -420,28 +424,22 @@ def _plots(data, by_obj, out: Path) -> list[Path]:
         ax.legend(fontsize=8)
     save(fig, "depth_per_difficulty.png")
 
-    # test-time scaling at the largest trained, the first unseen and the hardest difficulty
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for o in objs:
-        ds = by_obj[o]
-        s = depth_summary(ds[0])
-        Ks = sorted({K for d in ds for row in depth_matrix(d).values() for K in row})
-        hardest = max(depth_matrix(ds[0]))
-        lines = {s["trained_max"]: (":", "trained"), s.get("unseen"): ("-", "first unseen"), hardest: ("--", "hardest")}
-        for k, (style, what) in lines.items():
-            if k is not None:
-                ax.plot(
-                    Ks,
-                    [mean_cell(ds, k, K) for K in Ks],
-                    style,
-                    marker="o",
-                    color=color(o),
-                    label=f"{short(o)} d{k} ({what})",
-                )
-    ax.axhline(chance, color="gray", ls="--", lw=1, label="chance")
-    ax.set(xscale="log", ylim=(0, 1), title="Test-time scaling", xlabel="test-time iterations K", ylabel="exact match")
-    ax.set_xscale("log", base=2)
-    ax.legend(fontsize=8)
+    # test-time scaling at the largest trained, the first unseen and the hardest difficulty:
+    # one panel each, one line per objective
+    first = depth_summary(by_obj[objs[0]][0])
+    panels = [(first["trained_max"], "largest trained"), (first.get("unseen"), "first unseen")]
+    panels.append((max(depth_matrix(by_obj[objs[0]][0])), "hardest"))
+    panels = [(k, what) for k, what in panels if k is not None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (k, what) in zip(axes[0], panels):
+        for o in objs:
+            ds = by_obj[o]
+            Ks = sorted({K for d in ds for row in depth_matrix(d).values() for K in row})
+            ax.plot(Ks, [mean_cell(ds, k, K) for K in Ks], marker="o", color=color(o), label=short(o))
+        ax.axhline(chance, color="gray", ls="--", lw=1, label="chance")
+        ax.set(ylim=(0, 1), title=f"d{k} ({what})", xlabel="test-time iterations K", ylabel="exact match")
+        ax.set_xscale("log", base=2)
+    axes[0][-1].legend(fontsize=8)
     save(fig, "test_time_scaling.png")
     return paths
 

@@ -32,11 +32,12 @@ demo: $(OPS)
 	$(VENV)/bin/huginn-db demo
 
 # README "What one-pass training keeps and loses": 3 seeds of the methods, seed 0 of the
-# controls, at BPTT's FLOPs (hours on 2 cores; --skip-done keeps what is already there)
+# controls and variants, at BPTT's FLOPs (hours on 2 cores; --skip-done keeps what is already there)
 STUDY = $(VENV)/bin/huginn-db compare recipes/depth-db.yaml --mode compute --out runs/study --skip-done
 study: $(OPS)
 	$(STUDY) --seeds 0 1 2 --objectives bptt diffusion_blocks deep_supervision diffusion_blocks:self_condition=latent
 	$(STUDY) --seeds 0 --objectives bptt fixed_depth:depth=1 fixed_depth:depth=8 diffusion_blocks:self_condition=prediction
+	$(STUDY) --seeds 0 --objectives bptt deep_supervision:segments=4 deep_supervision:nograd_steps=7,segments=2
 	$(VENV)/bin/huginn-db report runs/study/*-seed* --out runs/study
 
 test: $(OPS)

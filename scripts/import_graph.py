@@ -40,7 +40,7 @@ LAYERS = [
     ],
     ["huginn_db.components", "huginn_db.flops"],
     ["huginn_db.train", "huginn_db.lm_eval"],
-    ["huginn_db.report", "huginn_db.compare"],
+    ["huginn_db.run_data", "huginn_db.report", "huginn_db.compare"],
     ["huginn_db.cli", "huginn_db"],
 ]
 

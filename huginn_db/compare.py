@@ -104,15 +104,17 @@ def steps_for_budget(
 
     per_step = {}
     variants = _variants(objectives)
+    base = load_config(recipe, overrides)
+    # variants change objective keys only: one corpus gives every one's sequence length
+    T = build_corpus(base.data, base.seed, base.model.context).train_seq_len
+    B = base.train.micro_batch_size * base.train.grad_accum  # per rank; the ratio is what matters
     for v in variants:
         cfg = load_config(recipe, [*overrides, *v.overrides])
-        T = build_corpus(cfg.data, cfg.seed, cfg.model.context).train_seq_len
-        B = cfg.train.micro_batch_size * cfg.train.grad_accum  # per rank; the ratio is what matters
         per_step[v.spec] = train_flops(cfg.model, cfg.objective_config(), B, T)["total"]  # E over r for BPTT
     if budget is None:
         refs = sorted((bool(v.keys), v.spec) for v in variants if OBJECTIVES[v.name].budget_reference)
         reference = per_step[refs[0][1]] if refs else max(per_step.values())
-        budget = reference * load_config(recipe, overrides).train.max_steps
+        budget = reference * base.train.max_steps
     return {spec: max(1, round(budget / f)) for spec, f in per_step.items()}, budget
 
 

@@ -124,7 +124,11 @@ class Checkpointer:
         if self.objective is not None and states:
             tc = self.cfg.train
             self.objective.load_state_dict(
-                [torch.load(p, weights_only=True) for p in states], tc.micro_batch_size, self.world, tc.grad_accum
+                [torch.load(p, weights_only=True) for p in states],
+                tc.micro_batch_size,
+                self.world,
+                tc.grad_accum,
+                rank=torch.distributed.get_rank(),
             )
         log.info("resumed from %s (step %d)", tag, client["step"])
         return Progress(client["step"], client["tokens"], client["flops"], client.get("skipped", 0))

@@ -56,8 +56,8 @@ class Objective:
         """This rank's training state beyond the weights (checkpointed per rank); None: none."""
         return None
 
-    def load_state_dict(self, states: list[dict], batch_size: int, world: int, grad_accum: int) -> None:
-        """Resume from every rank's `state_dict` of a checkpoint (the world may have changed)."""
+    def load_state_dict(self, states: list[dict], batch_size: int, world: int, grad_accum: int, rank: int = 0) -> None:
+        """Resume this rank from every rank's `state_dict` of a checkpoint (the world may have changed)."""
 
     def loss(self, model, batch, step: int, slot: int = 0) -> tuple[torch.Tensor, dict]:
         """One training micro-step: (scalar loss, stats). `slot` is the global micro-batch

@@ -105,8 +105,8 @@ class DeepSupervisionObjective(LatentRecurrence):
         n, ids = self.cfg.nograd_steps, batch["input_ids"]
         B, T = ids.shape
         m = unwrap(model)
-        rows = batch.get("rows")
-        key = int(rows[0]) if rows is not None else None
+        rows = batch["rows"].tolist() if "rows" in batch else None  # one device→host copy, not one per row
+        key = rows[0] if rows is not None else None
         s = self.states.get(key)
         if s is None or s.shape[:2] != (B, T):  # the run's first step, or a plain batch
             s = torch.empty(B, T, m.cfg.hidden, device=ids.device)
@@ -114,9 +114,10 @@ class DeepSupervisionObjective(LatentRecurrence):
         else:
             fresh = batch["age"].cpu() == 0
             fresh |= ~torch.isfinite(s).flatten(1).all(1).cpu()  # a diverged state starts over
+        example = batch["example"].tolist() if rows is not None else None
         for i in fresh.nonzero().flatten().tolist():
             if rows is not None:
-                s[i] = self._fresh_state(m, T, int(rows[i]), int(batch["example"][i])).to(s.device)
+                s[i] = self._fresh_state(m, T, rows[i], example[i]).to(s.device)
             else:
                 s[i] = self._fresh_state(m, T, slot, i, tag=5).to(s.device)
         w = batch["loss_weight"]
@@ -132,11 +133,10 @@ class DeepSupervisionObjective(LatentRecurrence):
     def state_dict(self) -> dict:
         return {"segments": self.cfg.segments, "states": {k: v.cpu() for k, v in self.states.items()}}
 
-    def load_state_dict(self, states: list[dict], batch_size: int, world: int, grad_accum: int) -> None:
+    def load_state_dict(self, states: list[dict], batch_size: int, world: int, grad_accum: int, rank: int = 0) -> None:
         saved = {k: v for sd in states for k, v in sd["states"].items()}
         if not saved:
             return
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         mine = [(micro * world + rank) * batch_size for micro in range(grad_accum)]
         rows = sum(v.shape[0] for v in saved.values())
         if states[0]["segments"] != self.cfg.segments or any(

@@ -182,14 +182,16 @@ def compare(
     for seed in seeds:
         for v in variants:
             run = out / f"{v.slug}-seed{seed}"
-            # the trainer's own end-of-run accuracy is skipped: lm-eval scores the runs below
+            # lm-eval scores the runs below; of the trainer's own end-of-run scores only the
+            # held-out text loss per depth is kept (lm-eval's text tasks score DB at σ_max only)
+            own = f"[{','.join(map(str, num_steps))}]" if base.data.name == "text" else "[]"
             args = [
                 *overrides,
                 *v.overrides,
                 f"label={v.label}",
                 f"seed={seed}",
                 f"train.max_steps={steps[v.spec]}",
-                "eval.num_steps=[]",
+                f"eval.num_steps={own}",
             ]
             if skip_done and is_done(run, recipe, args, tasks, num_steps, limit):
                 print(f"== {run}: done (same config and scores), kept", flush=True)

@@ -131,6 +131,37 @@ def _bar_section(by_obj: dict) -> list[str]:
     return lines
 
 
+def _validation_section(by_obj: dict) -> list[str]:
+    """Held-out text loss per test-time depth K (the trainer's own split and scoring)."""
+    objs = {o: [d for d in ds if d["validation"]] for o, ds in by_obj.items()}
+    objs = {o: ds for o, ds in objs.items() if ds}
+    if not objs:
+        return []
+    Ks = sorted({K for ds in objs.values() for d in ds for K in d["validation"]}, key=int)
+    lines = [
+        "",
+        "## Held-out text: validation loss vs test-time iterations",
+        "",
+        "Nats per token on the documents the run held out (data.text.val_fraction, drawn with the run's seed) "
+        "at K loop iterations: the recurrence's logits (BPTT and the other latent-state objectives); for DB "
+        "the last denoiser evaluation of a K-step sampler run from noise (K = 1: the context-only σ_max "
+        "prediction). Mean ± std over seeds.",
+        "",
+        "| objective | seeds | " + " | ".join(f"K={K}" for K in Ks) + " | best K | loss at K_max − at K=1 |",
+        "|---|---|" + "---|" * (len(Ks) + 2),
+    ]
+    for o, ds in objs.items():
+        cells = [fmt([d["validation"].get(K, {}).get("loss", float("nan")) for d in ds]) for K in Ks]
+        means = {K: statistics.mean(d["validation"][K]["loss"] for d in ds if K in d["validation"]) for K in Ks}
+        delta = [d["validation"][Ks[-1]]["loss"] - d["validation"][Ks[0]]["loss"] for d in ds]
+        lines.append(
+            f"| {short(o)} | {len(ds)} | "
+            + " | ".join(cells)
+            + f" | {min(means, key=means.get)} | {fmt(delta, '+.3f')} |"
+        )
+    return lines
+
+
 def _audit_section(run: dict, examples: int = 2000) -> list[str]:
     from huginn_db.data.audit import MARGIN, audit, format_audit
 
@@ -202,7 +233,7 @@ def write_report(runs: list[Path], out: Path) -> Path:
             + ", ".join(f"{short(o)} **{v / f[cheap]:.2f}×**" for o, v in f.items() if o != cheap)
             + ".",
         ]
-    lines += _depth_section(data, by_obj)
+    lines += _depth_section(data, by_obj) + _validation_section(by_obj)
 
     Ks = sorted({K for d in data for K in d["scores"]}, key=int)
     other = sorted({t for d in data for K in d["scores"] for t in d["scores"][K] if not _DEPTH_TASK.fullmatch(t)})
@@ -265,6 +296,19 @@ def _plots(data, by_obj, out: Path) -> list[Path]:
     ax.set(yscale="log", title="Loss vs training compute", xlabel="training FLOPs (analytic)", ylabel="training loss")
     ax.legend()
     save(fig, "loss_vs_flops.png")
+
+    with_val = {o: [d for d in ds if d["validation"]] for o, ds in by_obj.items()}
+    if any(with_val.values()):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for o, ds in with_val.items():
+            Ks = sorted({K for d in ds for K in d["validation"]}, key=int)
+            if ds:
+                loss = [statistics.mean(d["validation"][K]["loss"] for d in ds if K in d["validation"]) for K in Ks]
+                ax.plot([int(K) for K in Ks], loss, marker="o", color=color(o), label=short(o))
+        ax.set(title="Held-out text loss vs test-time iterations", xlabel="K", ylabel="validation loss (nats/token)")
+        ax.set_xscale("log", base=2)
+        ax.legend()
+        save(fig, "validation_vs_iterations.png")
 
     with_depth = [d for d in data if depth_matrix(d)]
     if not with_depth:

@@ -89,6 +89,51 @@ def test_compare_compute_matched_then_report_rebuild(tmp_path):
     assert (out / "report.md").read_text() == report
 
 
+def test_compare_on_text_reports_held_out_loss_per_depth(tmp_path, data_root):
+    """A text recipe's comparison keeps the trainer's held-out loss at every test-time depth
+    and tabulates it per objective (lm-eval's tinystories_local scores the runs as well)."""
+    from huginn_db.tokenizer import train_sentencepiece
+
+    (tmp_path / "ts.txt").write_text((data_root / "tinystories" / "tinystories_val.txt").read_text()[:200_000])
+    tok = train_sentencepiece([str(tmp_path / "ts.txt")], 500, str(tmp_path / "tok"))
+    out = tmp_path / "cmp"
+    run(
+        "compare",
+        str(RECIPES / "text-small-db.yaml"),
+        "--num-steps",
+        "1,2",
+        "--limit",
+        "2",
+        "--out",
+        str(out),
+        "--objectives",
+        "bptt",
+        "diffusion_blocks",
+        f"data.text.data_root={data_root}",
+        f"data.text.tokenizer={tok}",
+        "model.vocab_size=500",
+        "train.max_steps=3",
+        "train.micro_batch_size=4",
+        "train.threads=1",
+        "model.hidden=32",
+        "model.mlp_hidden=64",
+        "data.text.seq_len=32",
+        "model.context=32",
+        "eval.max_val_batches=2",
+        "objective.bptt.mean_recurrence=2",
+    )
+    report = (out / "report.md").read_text()
+    assert "## Held-out text: validation loss vs test-time iterations" in report
+    assert (out / "validation_vs_iterations.png").stat().st_size > 1000
+    for name, label in (("bptt-seed0", "BPTT"), ("db-seed0", "DB")):
+        val = json.loads((out / name / "eval" / "final.json").read_text())["validation"]
+        assert set(val) == {"1", "2"}
+        row = f"| {label} | 1 | {val['1']['loss']:.3f} | {val['2']['loss']:.3f} |"
+        assert row in report, (row, report)
+        scores = json.loads((out / name / "eval" / "lm_eval.json").read_text())["scores"]
+        assert set(scores["2"]) == {"tinystories_local"}
+
+
 def test_eval_cli_sweeps_depths(tmp_path):
     train_dir = tmp_path / "run"
     run(

@@ -315,6 +315,36 @@ def test_reasoning_tasks_score_the_distribution_the_checkpoint_trained_on(runs, 
     )
 
 
+def test_text_tasks_score_only_what_the_checkpoints_run_held_out(runs, data_root, task_utils, tmp_path):
+    """A model trained on the TinyStories file is scored on its own validation documents (the
+    split its corpus drew with its seed), not on the text it trained on; another model on all."""
+    from huginn_db.data.text import TextConfig, TextDocuments
+
+    run = tmp_path / "stories"
+    run.mkdir()
+    cfg = yaml.safe_load((runs["db_text"] / "config.yaml").read_text())
+    cfg["seed"] = 3
+    cfg["data"]["name"] = "text"
+    cfg["data"]["text"].update(files=["tinystories/tinystories_val.txt"], val_fraction=0.02, data_root=None, seq_len=16)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    for name in ("model.safetensors", "tokenizer.model", "tokenizer.json"):
+        (run / name).write_bytes((runs["db_text"] / name).read_bytes())
+    path = str(data_root / "tinystories" / "tinystories_val.txt")
+    everything = task_utils.text_blocks({"validation": path})["validation"]["text"]
+    docs, val, train = TextDocuments(TextConfig(files=[path], val_fraction=0.02)).split(3)
+    assert [d for _, d in docs] == everything  # the task's documents are the corpus's
+    own = task_utils.text_blocks({"validation": path}, checkpoint=str(run))["validation"]["text"]
+    assert own == [docs[i][1] for i in val] and len(own) == round(0.02 * len(everything))
+    assert sorted([*val, *train]) == list(range(len(docs)))
+    # the only texts in both are one-line story ends ("The end.", 26 of the 4,302 documents)
+    assert set(own) & {docs[i][1] for i in train} <= {"The end.", "The End."}
+    out = hl.evaluate(run, ["tinystories_local"], [1], limit=2, data_root=data_root, **dict(FAST, log_samples=True))[1]
+    assert [s["doc"]["text"] for s in out["samples"]["tinystories_local"]] == own[:2]
+    assert (
+        task_utils.text_blocks({"validation": path}, checkpoint=str(runs["bptt"]))["validation"]["text"] == everything
+    )
+
+
 def test_own_task_files_become_lm_eval_tasks(runs, tmp_path):
     """A jsonl run's reasoning_jsonl_d<k> tasks are its test file's problems of difficulty k."""
     import json as _json

@@ -49,24 +49,70 @@ def reasoning(family: str, difficulty: int, checkpoint: str | None = None, **_) 
     return {"test": datasets.Dataset.from_list(ReasoningCorpus(cfg, seed=0).test_set())}
 
 
-def text_blocks(data_files: dict, **_) -> dict[str, datasets.Dataset]:
+def held_out(path: str, checkpoint: str | None) -> list[str] | None:
+    """The documents of `path` that the checkpoint's run did not train on, when it is a text run
+    that trained on this file (its own split, documents as it read them); None otherwise.
+
+    The run's relative file names are matched against the end of `path`, so a run recorded
+    against another data root still finds the file it trained on."""
+    if not checkpoint:
+        return None
+    import dataclasses
+
+    from huginn_db.checkpoint import read_config
+    from huginn_db.data.text import TextDocuments
+
+    run = read_config(checkpoint)
+    text = run.data.text
+    if run.data.name != "text" or text.dataset:
+        return None
+    target = Path(path).resolve()
+    for name in text.files:
+        rel = Path(name).expanduser()
+        if rel.is_absolute():
+            root = text.data_root
+            if rel.resolve() != target:
+                continue
+        elif target.as_posix().endswith("/" + rel.as_posix()):
+            root = target.as_posix()[: -len(rel.as_posix())]
+        else:
+            continue
+        try:
+            docs = TextDocuments(dataclasses.replace(text, data_root=root)).held_out(run.seed)
+        except ValueError as err:
+            raise ValueError(f"{checkpoint} trained on {path}; cannot rebuild its held-out split: {err}") from None
+        return [d for label, d in docs if Path(label).resolve() == target]
+    return None
+
+
+def _text_splits(make, data_files: dict, checkpoint: str | None) -> dict[str, datasets.Dataset]:
+    def documents(path):
+        own = held_out(path, checkpoint)
+        return make(path) if own is None else [{"text": d} for d in own]
+
+    return _splits(documents, data_files)
+
+
+def text_blocks(data_files: dict, checkpoint: str | None = None, **_) -> dict[str, datasets.Dataset]:
     """Plain text, one document per blank-line-separated block (TinyStories marks no story
-    boundaries, so these are paragraphs — the documents huginn_db.data.text trains on)."""
+    boundaries, so these are paragraphs — the documents huginn_db.data.text trains on). A file
+    the checkpoint's run trained on contributes only the documents that run held out."""
 
     def make(path):
         blocks = re.split(r"\n\s*\n", Path(path).read_text(encoding="utf-8"))
         return [{"text": b.strip("\n")} for b in blocks if b.strip()]
 
-    return _splits(make, data_files)
+    return _text_splits(make, data_files, checkpoint)
 
 
-def lines(data_files: dict, **_) -> dict[str, datasets.Dataset]:
-    """One document per non-empty line (LM1B: one tokenized sentence per line)."""
+def lines(data_files: dict, checkpoint: str | None = None, **_) -> dict[str, datasets.Dataset]:
+    """One document per non-empty line (LM1B: one tokenized sentence per line); held-out
+    documents only from a file the checkpoint's run trained on, as in text_blocks."""
 
     def make(path):
         return [{"text": line} for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
-    return _splits(make, data_files)
+    return _text_splits(make, data_files, checkpoint)
 
 
 def wikitext_articles(data_files: dict, **_) -> dict[str, datasets.Dataset]:

@@ -29,24 +29,20 @@ Streaming (`streaming=True`)
 from __future__ import annotations
 
 import itertools
-import os
-import tempfile
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from huginn_db.data.documents import TextDocuments
 from huginn_db.tokenizer import load_tokenizer
 
 # TextConfig.format's choices; the field stays `str` until the recipe loader's type check
 # accepts Literal, and __post_init__ checks it against these meanwhile
 TextFormat = typing.Literal["auto", "text", "json", "parquet"]
 FORMATS = typing.get_args(TextFormat)[1:]  # the datasets builders; "auto" picks one by extension
-EXTENSION_FORMATS = {".txt": "text", ".tokens": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")  # datasets decompresses these transparently
 
 
 @dataclass
@@ -101,148 +97,22 @@ class TextConfig:
                 raise ValueError(f"{key} must be >= 1 when streaming, got {getattr(self, key)}")
 
 
-@dataclass
-class _Source:
-    """One load_dataset call; errors name `label`."""
-
-    label: str
-    path: str  # builder name (text/json/parquet) or hub dataset
-    format: str | None  # "text" groups lines into documents
-    name: str | None = None
-    data_files: list[str] | None = None
-    split: str = "train"
-
-
-def _cache_dir() -> str:
-    """datasets' cache: HF_DATASETS_CACHE / HF_HOME when set, else the temp dir (never a read-only ~)."""
-    if os.environ.get("HF_DATASETS_CACHE"):
-        return os.environ["HF_DATASETS_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return str(Path(os.environ["HF_HOME"], "datasets"))
-    return str(Path(tempfile.gettempdir(), "huginn_db-datasets"))
-
-
-def _describe(err: BaseException, fmt: str | None) -> str:
-    """One line from the most specific exception in a datasets error chain."""
-    chain, seen = [], err
-    while seen is not None and len(chain) < 10:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    for e in chain:
-        if isinstance(e, UnicodeDecodeError):
-            return f"is not valid UTF-8 ({e.reason}: byte {e.object[e.start : e.start + 1]!r})"
-    root = next((e for e in chain if type(e).__name__ != "DatasetGenerationError"), err)
-    msg = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
-    if fmt == "json" and any(isinstance(e, ValueError) for e in chain):  # pyarrow's ArrowInvalid is one
-        return f"is not valid JSON / JSON lines ({msg})"
-    return f"could not be loaded ({type(root).__name__}: {msg})"
-
-
-class TextCorpus:
+class TextCorpus(TextDocuments):
     """Packed next-token training windows over a text corpus; same batch dicts as ReasoningCorpus."""
 
     def __init__(self, cfg: TextConfig, seed: int):
-        self.cfg, self.seed = cfg, seed
-        self._check_config()
+        self.seed = seed
         try:
             self.tokenizer = load_tokenizer(cfg.tokenizer)
         except ValueError as err:
             raise ValueError(f"data.text.tokenizer: {err}") from None
-        self._sources = self._resolve_sources()
+        super().__init__(cfg)
         self._window = cfg.seq_len + 1
         self._perms: dict[int, np.ndarray] = {}
         if cfg.streaming:
             self._init_streaming()
         else:
             self._init_in_memory()
-
-    # --- configuration ------------------------------------------------------------------------
-
-    def _check_config(self) -> None:
-        cfg = self.cfg
-        # TextConfig checks its fields; that a source is set is due only when the corpus is built
-        if bool(cfg.files) == bool(cfg.dataset):
-            raise ValueError("data.text: set exactly one of files (local) or dataset (hub)")
-
-    def _resolve_sources(self) -> list[_Source]:
-        cfg = self.cfg
-        if cfg.dataset:
-            return [_Source(f"dataset {cfg.dataset}", cfg.dataset, None, cfg.dataset_config, split=cfg.split)]
-        root = cfg.data_root or os.environ.get("HUGINN_DB_DATA")
-        sources = []
-        for name in cfg.files:
-            path = Path(name).expanduser()
-            if not path.is_absolute():
-                path = Path(root or ".", path).expanduser().resolve()
-            if not path.is_file():
-                where = f"data_root {root}" if root else "the working directory"
-                raise ValueError(f"data.text: file not found: {path} ({name!r} resolved against {where})")
-            if path.stat().st_size == 0:
-                raise ValueError(f"data.text: file is empty: {path}")
-            fmt = cfg.format if cfg.format != "auto" else self._format_of(path)
-            sources.append(_Source(str(path), fmt, fmt, data_files=[str(path)]))
-        return sources
-
-    @staticmethod
-    def _format_of(path: Path) -> str:
-        suffixes = [s for s in path.suffixes if s not in COMPRESSIONS]
-        fmt = EXTENSION_FORMATS.get(suffixes[-1].lower() if suffixes else "")
-        if fmt is None:
-            raise ValueError(
-                f"data.text: cannot tell the format of {path} from its extension; "
-                "set data.text.format to text, json or parquet"
-            )
-        return fmt
-
-    # --- documents ------------------------------------------------------------------------------
-
-    def _rows(self, src: _Source, streaming: bool) -> Iterator[dict]:
-        """Batches of rows from datasets; any loader error becomes a ValueError naming the source."""
-        import datasets  # slow import; only text runs pay for it
-
-        try:
-            ds = datasets.load_dataset(
-                src.path,
-                src.name,
-                data_files=src.data_files,
-                split=src.split,
-                streaming=streaming,
-                cache_dir=_cache_dir(),
-            )
-            yield from ds.iter(batch_size=1024)
-        except Exception as err:
-            raise ValueError(f"data.text: {src.label} {_describe(err, src.format)}") from None
-
-    def _documents(self, src: _Source, streaming: bool) -> Iterator[str]:
-        """Non-empty documents of one source, in order."""
-        column = "text" if src.format == "text" else self.cfg.text_field
-        count, lines = 0, []
-        for batch in self._rows(src, streaming):
-            if column not in batch:
-                raise ValueError(
-                    f"data.text: {src.label} has no field {column!r} (columns: "
-                    f"{', '.join(batch)}); set data.text.text_field"
-                )
-            for value in batch[column]:
-                if value is not None and not isinstance(value, str):
-                    raise ValueError(f"data.text: {src.label}: field {column!r} holds {type(value).__name__}, not text")
-                if src.format == "text" and self.cfg.blank_line_docs:
-                    if value.strip():
-                        lines.append(value)
-                        continue
-                    value, lines = "\n".join(lines), []
-                if value and value.strip():
-                    count += 1
-                    yield value
-        if lines:
-            count += 1
-            yield "\n".join(lines)
-        if count == 0:
-            raise ValueError(f"data.text: {src.label} holds no documents (only blank text)")
-
-    def _all_documents(self, streaming: bool) -> Iterator[str]:
-        for src in self._sources:
-            yield from self._documents(src, streaming)
 
     def _encode(self, doc: str) -> list[int]:
         """Document tokens plus the eos that separates it from the next one."""
@@ -271,17 +141,9 @@ class TextCorpus:
     # --- in memory ------------------------------------------------------------------------------
 
     def _init_in_memory(self) -> None:
-        docs = list(self._all_documents(streaming=False))
-        n_val = max(1, round(self.cfg.val_fraction * len(docs)))
-        if len(docs) <= n_val:
-            raise ValueError(
-                f"data.text: {len(docs)} document(s) cannot be split into train and val ({n_val} held out); add data"
-            )
-        order = np.random.default_rng([self.seed, 0]).permutation(len(docs))
-        # sorted: each split keeps corpus order, so neighbouring text stays together in a window
-        self.val_doc_indices, self.train_doc_indices = np.sort(order[:n_val]), np.sort(order[n_val:])
-        self._train = self._pack([docs[i] for i in self.train_doc_indices], "train")
-        self._val = self._pack([docs[i] for i in self.val_doc_indices], "val")
+        docs, self.val_doc_indices, self.train_doc_indices = self.split(self.seed)
+        self._train = self._pack([docs[i][1] for i in self.train_doc_indices], "train")
+        self._val = self._pack([docs[i][1] for i in self.val_doc_indices], "val")
 
     def _epoch_perm(self, epoch: int) -> np.ndarray:
         if epoch not in self._perms:

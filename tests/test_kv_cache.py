@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from huginn_db.model import KVCache, ModelConfig, RecurrentDepthLM
-from huginn_db.objectives import generate, greedy_tokens
+from huginn_db.objectives import generate, next_tokens
 from huginn_db.objectives.bptt import BPTTConfig, BPTTObjective
 from huginn_db.objectives.diffusion_blocks import DiffusionBlocksConfig, DiffusionBlocksObjective
 from tests.conftest import TINY_MODEL
@@ -112,11 +112,11 @@ def test_a_pass_at_another_depth_is_refused(first, then):
         obj.logits(model, _prompt(T=1), then, cache=cache)  # fewer calls show at the next pass
 
 
-def test_greedy_tokens_runs_only_as_far_as_asked():
+def test_next_tokens_runs_only_as_far_as_asked():
     obj, model = _bptt()
     calls = []
     model.core.register_forward_hook(lambda *a: calls.append(1))
-    steps = greedy_tokens(obj, model, _prompt(), num_steps=3)
+    steps = next_tokens(obj, model, _prompt(), num_steps=3)
     first, second = next(steps), next(steps)
     assert first.shape == second.shape == (3,) and len(calls) == 2 * 3
 

@@ -18,12 +18,16 @@ Scores (`score_name` says which one a run used)
               sampler wrote into z — they describe one sample, not a predictive distribution —
               so likelihoods come from the context-only prediction.
   final       DB, by name only: the last denoiser evaluation of the K-step sampler.
-  Generation (generate_until) is greedy through the K-step sampler (DB) / r iterations
-  (BPTT) with the KV cache, stopping at EOS, a stop sequence or max_gen_toks.
+  Generation (generate_until) runs the K-step sampler (DB) / r iterations (BPTT) with the KV
+  cache, stopping at EOS, a stop sequence or max_gen_toks; greedy unless the request's
+  generation_kwargs say do_sample=True (then temperature, top_k, top_p; see
+  huginn_db.objectives.decoding for what a DB sample is).
 
 Randomness: every position starts from a random draw (BPTT initial state, DB ε). A request's
 draws come from a generator seeded by (seed, its tokens), so its score does not depend on
-batch size, order or rank, and generation sees the same prompt draws that scoring does.
+batch size, order or rank, and generation sees the same prompt draws that scoring does;
+sampled tokens come from a second generator of the same seed. The same prompt with the same
+seed gives the same sample: for several samples per prompt, change seed= between runs.
 
 Tokens: every sequence starts with BOS (the prefix token; the reasoning corpus trains on
 BOS + prompt); contexts longer than the model context are cut from the left, as HFLM does.

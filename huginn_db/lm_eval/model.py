@@ -19,7 +19,8 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simpl
 from tqdm import tqdm
 
 from huginn_db.checkpoint import load_run
-from huginn_db.objectives import greedy_tokens
+from huginn_db.objectives import Sampling, next_tokens
+from huginn_db.objectives.base import seed_of
 from huginn_db.tokenizer import load_tokenizer
 
 log = logging.getLogger("huginn_db.lm_eval")
@@ -93,7 +94,6 @@ class HuginnLM(TemplateLM):
         self._device = device
         self.model = model.to(self._device)
         self.context_len = cfg.model.context
-        self._warned_sampling = False
 
     @classmethod
     def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
@@ -223,26 +223,30 @@ class HuginnLM(TemplateLM):
         return totals
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        prepared, by_length = [], defaultdict(list)
+        prepared, by_length, repeat = [], defaultdict(list), defaultdict(int)
         for i, req in enumerate(requests):
             context, kwargs = req.args
             kwargs = dict(kwargs)
             until = kwargs.pop("until", None) or []
             until = [u for u in ([until] if isinstance(until, str) else until) if u]
-            if (kwargs.get("do_sample") or (kwargs.get("temperature") or 0) > 0) and not self._warned_sampling:
-                log.warning("huginn_db decodes greedily; do_sample/temperature are ignored")
-                self._warned_sampling = True
+            try:
+                sampling = Sampling.from_kwargs(kwargs)
+            except ValueError as err:
+                raise ValueError(f"generation_kwargs: {err}") from None
             max_gen = min(int(kwargs.get("max_gen_toks", self.max_gen_toks)), self.context_len - 1)
             tokens = self.tok_encode(context)[-(self.context_len - max_gen) :]
-            prepared.append((tokens, until, max_gen))
-            by_length[len(tokens)].append(i)
+            # the n-th identical request (lm-eval's `repeats`) draws its n-th sample
+            key = (tuple(tokens), repr(sorted(kwargs.items())))
+            repeat[key] += 1
+            prepared.append((tokens, until, max_gen, repeat[key] - 1))
+            by_length[len(tokens), sampling].append(i)
         out: list[str | None] = [None] * len(requests)
         bar = tqdm(total=len(requests), desc="huginn_db generate_until", disable=disable_tqdm or self.rank != 0)
-        for length in sorted(by_length, reverse=True):
-            group = by_length[length]
+        for length, sampling in sorted(by_length, key=lambda k: (-k[0], repr(k[1]))):
+            group = by_length[length, sampling]
             for start in range(0, len(group), self.batch_size):
                 chunk = group[start : start + self.batch_size]
-                for i, text in zip(chunk, self._generate([prepared[i] for i in chunk])):
+                for i, text in zip(chunk, self._generate([prepared[i] for i in chunk], sampling)):
                     out[i] = text
                     self.cache_hook.add_partial("generate_until", requests[i].args, text)
                 bar.update(len(chunk))
@@ -250,17 +254,27 @@ class HuginnLM(TemplateLM):
         return out
 
     @torch.no_grad()
-    def _generate(self, batch: list[tuple[list[int], list[str], int]]) -> list[str]:
-        """Greedy continuations of equal-length prompts, each row stopping on its own."""
-        ids = torch.tensor([tokens for tokens, _, _ in batch], device=self._device)
-        seeds = [self.request_seed(tokens) for tokens, _, _ in batch]
+    def _generate(self, batch: list[tuple[list[int], list[str], int, int]], sampling: Sampling) -> list[str]:
+        """Continuations of equal-length prompts, each row stopping on its own; a row's sample
+        depends on (seed, its prompt, which repeat of the request it is) only."""
+        ids = torch.tensor([tokens for tokens, *_ in batch], device=self._device)
+        seeds = [self.request_seed(tokens) for tokens, *_ in batch]
+        sample_seeds = [seed_of(s, 1, n) for s, (*_, n) in zip(seeds, batch)]
         new: list[list[int]] = [[] for _ in batch]
-        done = [max_gen == 0 for _, _, max_gen in batch]
-        steps = greedy_tokens(
-            self.objective, self.model, ids, self.num_steps, seeds, use_cache=True, **self._sampler_kw
+        done = [max_gen == 0 for _, _, max_gen, _ in batch]
+        steps = next_tokens(
+            self.objective,
+            self.model,
+            ids,
+            self.num_steps,
+            seeds,
+            use_cache=True,
+            sampling=sampling,
+            sample_seeds=sample_seeds,
+            **self._sampler_kw,
         )
         with self._autocast():
-            for nxt in itertools.islice(steps, max(max_gen for _, _, max_gen in batch)):
+            for nxt in itertools.islice(steps, max(max_gen for _, _, max_gen, _ in batch)):
                 for j, t in enumerate(nxt.tolist()):
                     if done[j]:
                         continue
@@ -268,12 +282,12 @@ class HuginnLM(TemplateLM):
                         done[j] = True
                         continue
                     new[j].append(t)
-                    _, until, max_gen = batch[j]
+                    _, until, max_gen, _ = batch[j]
                     done[j] = len(new[j]) >= max_gen or any(u in self.tok.decode(new[j]) for u in until)
                 if all(done):
                     break
         texts = []
-        for row, (_, until, _) in zip(new, batch):
+        for row, (_, until, _, _) in zip(new, batch):
             text = self.tok.decode(row)
             for u in until:
                 text = text.split(u)[0]

@@ -9,7 +9,7 @@ registry, so adding an objective touches its own file (and its tests) only.
     objective.loss(model, batch, step, slot) -> (loss, stats)   one training micro-step
     objective.logits(model, ids, num_steps)  -> logits          inference at a chosen depth
     objective.noise(model, B, T, generator)  -> (B, T, h)       the per-position random draw
-    generate(objective, model, ids, ...)     -> new token ids   greedy decoding (KV cache)
+    generate(objective, model, ids, ...)     -> new token ids   greedy or sampled decoding (KV cache)
 """
 
 from __future__ import annotations
@@ -29,6 +29,16 @@ for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
 for _mod in filter(None, (m.strip() for m in os.environ.get("HUGINN_DB_OBJECTIVES", "").split(","))):
     importlib.import_module(_mod)
 
-from huginn_db.objectives.decoding import generate, greedy_tokens  # noqa: E402
+from huginn_db.objectives.decoding import Sampling, generate, next_tokens  # noqa: E402
 
-__all__ = ["OBJECTIVES", "Objective", "build_objective", "for_config", "generate", "get", "greedy_tokens", "register"]
+__all__ = [
+    "OBJECTIVES",
+    "Objective",
+    "Sampling",
+    "build_objective",
+    "for_config",
+    "generate",
+    "get",
+    "next_tokens",
+    "register",
+]

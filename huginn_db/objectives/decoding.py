@@ -1,41 +1,122 @@
-"""Greedy decoding through any objective's `logits` (with the KV cache).
+"""Decoding through any objective's `logits` (with the KV cache): greedy, or sampled.
 
 Each position's random start (objective.noise) is drawn once, when the position enters; with a
 `KVCache` a step runs only the newest position: past positions keep their cached keys/values at
 every iteration, i.e. their whole trajectory is reused.
+
+The next token comes from the logits `objective.logits` returns at the chosen depth: BPTT's and
+the latent objectives' recurrence after K iterations; for DiffusionBlocks the last denoiser
+evaluation of the K-step sampler (the prediction at the smallest σ, given the noise the
+sampler started from). A DB sample is therefore two draws: the sampler's ε (objective.noise,
+seeded per row) and the token drawn from that final distribution (`Sampling`, its own stream).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from huginn_db.model import KVCache
-from huginn_db.objectives.base import unwrap
+from huginn_db.objectives.base import seed_of, unwrap
 
 
-def greedy_tokens(
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is picked from the final logits (HF/lm-eval generation kwargs).
+
+    Greedy unless do_sample; then softmax(logits / temperature) restricted to the top_k most
+    likely tokens (0: all) and to the smallest set whose probability reaches top_p (1: all).
+    temperature → 0 approaches greedy (temperature = 0 is greedy); as in HF `generate`,
+    temperature, top_k and top_p without do_sample=True change nothing.
+    """
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict) -> Sampling:
+        """From generation kwargs (None values mean the default); unknown keys are ignored."""
+
+        def get(key, cast, default):
+            value = kwargs.get(key)
+            return default if value is None else cast(value)
+
+        def flag(value) -> bool:
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+
+        return cls(
+            do_sample=get("do_sample", flag, False),
+            temperature=get("temperature", float, 1.0),
+            top_k=get("top_k", int, 0),
+            top_p=get("top_p", float, 1.0),
+        )
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature == 0
+
+    def pick(self, logits: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """The next token (B,) of last-position logits (B, V); one generator per row."""
+        if self.greedy:
+            return logits.argmax(-1)
+        logits = logits.float() / self.temperature
+        if 0 < self.top_k < logits.shape[-1]:
+            kth = logits.topk(self.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.top_p < 1:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            probs = sorted_logits.softmax(-1)
+            # drop a token once the more likely ones already reach top_p (the first is always kept)
+            drop = probs.cumsum(-1) - probs >= self.top_p
+            logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        probs = logits.softmax(-1).cpu()
+        return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)]).to(logits.device)
+
+
+def next_tokens(
     objective,
     model,
     prompt_ids: torch.Tensor,
     num_steps: int | None = None,
     seed: int | Sequence[int] = 0,
     use_cache: bool = True,
+    sampling: Sampling | None = None,
+    sample_seeds: Sequence[int] | None = None,
     **kw,
 ) -> Iterator[torch.Tensor]:
-    """Yields the greedy next token of every row (B,), step after step; the caller stops.
+    """Yields the next token of every row (B,), step after step; the caller stops. Greedy
+    unless `sampling` says otherwise.
 
     Each position's random start (objective.noise) is drawn once, in order, when the position
     enters: from one generator for the batch (int seed) or one per row (a seed per row, so a
-    row's draws do not depend on its batch-mates). With the cache a step runs the newest
-    position only; without it a step reruns the whole sequence with the same draws — the same
-    tokens and logits (up to float rounding) at O(length) times the core work.
+    row's draws do not depend on its batch-mates). Sampled tokens come from one more generator
+    per row, seeded by `sample_seeds` (default: (row seed, 1)), so a row's samples are a
+    function of its seeds alone. With
+    the cache a step runs the newest position only; without it a step reruns the whole sequence
+    with the same draws — the same tokens and logits (up to float rounding) at O(length) times
+    the core work.
     """
     m = unwrap(model)
     B = prompt_ids.shape[0]
-    gens = [torch.Generator().manual_seed(int(s)) for s in (seed if isinstance(seed, Sequence) else [seed])]
+    sampling = sampling or Sampling()
+    seeds = [int(s) for s in (seed if isinstance(seed, Sequence) else [seed])]
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    if sample_seeds is None:
+        sample_seeds = [seed_of(s, 1) for s in (seeds if len(seeds) == B else seeds * B)]
+    picks = [torch.Generator().manual_seed(int(s)) for s in sample_seeds]
 
     def draw(length: int) -> torch.Tensor:
         if len(gens) == 1:
@@ -50,7 +131,7 @@ def greedy_tokens(
             logits = objective.logits(model, ids, num_steps, noise=noise, **kw)
         else:
             logits = objective.logits(model, new_ids, num_steps, noise=new_noise, cache=cache, **kw)
-        nxt = logits[:, -1].argmax(-1)
+        nxt = sampling.pick(logits[:, -1], picks)
         yield nxt
         new_ids, new_noise = nxt[:, None], draw(1)
         if cache is None:
@@ -67,15 +148,14 @@ def generate(
     num_steps: int | None = None,
     seed: int | Sequence[int] = 0,
     use_cache: bool = True,
+    sampling: Sampling | None = None,
     **kw,
 ) -> torch.Tensor:
-    """Greedy decoding of a batch of equal-length prompts; stops once every row hit EOS.
-
-    seed and use_cache as in greedy_tokens: cached and uncached decoding give the same tokens.
-    """
+    """Decoding of a batch of equal-length prompts (greedy unless `sampling`); stops once every
+    row hit EOS. seed, use_cache and sampling as in next_tokens."""
     done = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
     out = []
-    steps = greedy_tokens(objective, model, prompt_ids, num_steps, seed, use_cache, **kw)
+    steps = next_tokens(objective, model, prompt_ids, num_steps, seed, use_cache, sampling, **kw)
     for nxt in itertools.islice(steps, max_new_tokens):
         nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
         out.append(nxt)

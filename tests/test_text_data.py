@@ -104,6 +104,14 @@ def test_val_and_train_are_disjoint_by_document(tmp_path):
     assert not set(val) & set(train) and set(val) | set(train) == set(docs)
     assert sorted(val) == [docs[i] for i in c.val_doc_indices]
     assert not set(c.val_doc_indices) & set(c.train_doc_indices)
+    # the split follows the run's seed unless split_seed fixes it across seeds
+    other = _corpus(files=[str(tmp_path / "d.jsonl")], val_fraction=0.1, seed=1)
+    assert list(other.val_doc_indices) != list(c.val_doc_indices)
+    for seed in (0, 1, 2):
+        fixed = _corpus(files=[str(tmp_path / "d.jsonl")], val_fraction=0.1, split_seed=7, seed=seed)
+        assert list(fixed.val_doc_indices) == list(
+            _corpus(files=[str(tmp_path / "d.jsonl")], val_fraction=0.1, seed=7).val_doc_indices
+        )
 
 
 def test_sharding_covers_every_train_sequence_once_per_epoch(tmp_path):

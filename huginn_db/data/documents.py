@@ -161,7 +161,9 @@ class TextDocuments:
 
     def split(self, seed: int) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray]:
         """Every (source label, document) pair, and the sorted indices of the validation and
-        train documents (in memory; whole documents, so no text is in both)."""
+        train documents (in memory; whole documents, so no text is in both), drawn with
+        data.text.split_seed, else `seed`."""
+        seed = seed if self.cfg.split_seed is None else self.cfg.split_seed
         docs = list(self._all_documents(False, labelled=True))
         n_val = max(1, round(self.cfg.val_fraction * len(docs)))
         if len(docs) <= n_val:

@@ -69,6 +69,8 @@ class TextConfig:
     """Tokens per training window (inputs; each window holds seq_len + 1)."""
     val_fraction: float = 0.01
     """Share of documents held out for validation, at least one (in memory)."""
+    split_seed: int | None = None
+    """Seed of that train/val split (None: the run's seed); fix it to score seeds on one val set."""
     val_docs: int = 100
     """Leading documents held out (streaming)."""
     shuffle_buffer: int = 10_000

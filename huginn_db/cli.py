@@ -12,6 +12,8 @@
     huginn-db peak [--json]                              this machine's matmul FLOP/s (MFU)
     huginn-db export RUN_DIR --out DIR                   consolidated safetensors + config
     huginn-db tokenizer train --input F... --vocab-size N --out DIR
+    huginn-db sample RUN --prompt TEXT | --judge DIR     sampled continuations; their MAUVE / gen-PPL
+    huginn-db train-judge --input F... --out DIR         a GPT-2 judge LM (transformers) for sample quality
 
 Flags of our own are spelled with dashes (--num-steps); lm-eval's flags keep lm-eval's spelling
 (--num_fewshot, --output_path). Exit codes: 0 ok, 1 a check failed (audit, tokenizer
@@ -43,6 +45,8 @@ COMMANDS = {
     "peak": ("huginn_db.flops", "main_peak"),
     "export": ("huginn_db.checkpoint", "main"),
     "tokenizer": ("huginn_db.tokenizer", "main"),
+    "sample": ("huginn_db.textgen", "main"),
+    "train-judge": ("huginn_db.judge", "main"),
 }
 
 

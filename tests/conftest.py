@@ -76,7 +76,7 @@ def _deterministic():
     yield
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def data_root() -> Path:
     """Shared datasets (CI: ../shared/data); tests that need them skip when absent."""
     root = Path(os.environ.get("HUGINN_DB_DATA", ROOT.parent / "shared" / "data"))

@@ -35,6 +35,7 @@ import math
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -85,12 +86,17 @@ def train_judge(
     from tqdm import tqdm
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from huginn_db.components.optim import lr_lambda
     from huginn_db.data.documents import TextDocuments
     from huginn_db.data.text import TextConfig
     from huginn_db.objectives.base import seed_of
 
     # its own split, drawn apart from any run's (a run with the same seed splits with `seed`)
-    docs, val_idx, train_idx = TextDocuments(TextConfig(files=files, val_fraction=val_fraction)).split(seed_of(seed, 1))
+    try:  # relative names resolve against $HUGINN_DB_DATA, as a run's data.text.files do
+        corpus = TextDocuments(TextConfig(files=files, val_fraction=val_fraction))
+        docs, val_idx, train_idx = corpus.split(seed_of(seed, 1))
+    except ValueError as err:
+        raise ConfigError(f"train-judge: {err}") from None
     kept = [i for i in train_idx if docs[i][1] not in exclude]
     tok = _bpe([docs[i][1] for i in kept], vocab_size)
 
@@ -114,10 +120,8 @@ def train_judge(
     )
     model = GPT2LMHeadModel(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
-    )
+    schedule = SimpleNamespace(warmup_steps=max(1, steps // 20), max_steps=steps, min_lr_ratio=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(schedule))
     g = torch.Generator().manual_seed(seed)
     start, bar = time.time(), tqdm(range(steps), desc="judge")
     model.train()
@@ -295,20 +299,11 @@ def main(argv: list[str]) -> int:
     ):
         ap.add_argument(flag, type=kind, default=default)
     args = ap.parse_args(argv)
-    import os
-
-    root = os.environ.get("HUGINN_DB_DATA")
-    files = [str(Path(f) if Path(f).is_absolute() or not root else Path(root, f)) for f in args.input]
-    missing = [f for f in files if not Path(f).is_file()]
-    if missing:
-        raise ConfigError(
-            f"train-judge: file not found: {missing[0]} (relative names resolve against $HUGINN_DB_DATA={root})"
-        )
     exclude = set()
     for run in args.exclude_run:
         exclude |= set(held_out_documents(run))
     info = train_judge(
-        files,
+        args.input,
         Path(args.out),
         exclude,
         vocab_size=args.vocab_size,
@@ -328,12 +323,12 @@ def main(argv: list[str]) -> int:
 def held_out_documents(run: str) -> list[str]:
     """The documents a text run held out (its own split)."""
     from huginn_db.checkpoint import read_config
-    from huginn_db.data.documents import TextDocuments
+    from huginn_db.data.documents import run_held_out
 
     cfg = read_config(run)
     if cfg.data.name != "text":
         raise ConfigError(f"{run} is not a text run (data.name={cfg.data.name})")
     try:
-        return [d for _, d in TextDocuments(cfg.data.text).held_out(cfg.seed)]
+        return [d for _, d in run_held_out(cfg)]
     except ValueError as err:
         raise ConfigError(str(err)) from None

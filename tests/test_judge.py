@@ -135,3 +135,10 @@ def test_sample_refuses_bad_input(text_run, tmp_path, capsys):
     assert run_command("sample", [str(text_run), "--prompt", "x", "--top-p", "0"]) == 2
     assert run_command("sample", [str(text_run), "--judge", str(tmp_path / "nope")]) == 2
     assert "could not be loaded" in capsys.readouterr().err
+
+
+def test_train_judge_refuses_a_missing_corpus_in_one_line(tmp_path, capsys):
+    assert run_command("train-judge", ["--input", str(tmp_path / "none.txt"), "--out", str(tmp_path / "j")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "file not found" in err and "none.txt" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "j").exists()

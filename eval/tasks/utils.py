@@ -57,10 +57,8 @@ def held_out(path: str, checkpoint: str | None) -> list[str] | None:
     against another data root still finds the file it trained on."""
     if not checkpoint:
         return None
-    import dataclasses
-
     from huginn_db.checkpoint import read_config
-    from huginn_db.data.text import TextDocuments
+    from huginn_db.data.documents import run_held_out
 
     run = read_config(checkpoint)
     text = run.data.text
@@ -78,7 +76,7 @@ def held_out(path: str, checkpoint: str | None) -> list[str] | None:
         else:
             continue
         try:
-            docs = TextDocuments(dataclasses.replace(text, data_root=root)).held_out(run.seed)
+            docs = run_held_out(run, data_root=root)
         except ValueError as err:
             raise ValueError(f"{checkpoint} trained on {path}; cannot rebuild its held-out split: {err}") from None
         return [d for label, d in docs if Path(label).resolve() == target]

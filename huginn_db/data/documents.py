@@ -5,6 +5,7 @@ local lm-eval text tasks read the same split to score only what a run held out.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import tempfile
@@ -173,3 +174,10 @@ class TextDocuments:
         order = np.random.default_rng([seed, 0]).permutation(len(docs))
         # sorted: each split keeps corpus order, so neighbouring text stays together in a window
         return docs, np.sort(order[:n_val]), np.sort(order[n_val:])
+
+
+def run_held_out(run, data_root: str | None = None) -> list[tuple[str, str]]:
+    """The (source label, document) pairs a text run (its RunConfig) held out, by its own split;
+    its relative files resolved against `data_root` when given, else as the run resolved them."""
+    text = run.data.text if data_root is None else dataclasses.replace(run.data.text, data_root=data_root)
+    return TextDocuments(text).held_out(run.seed)

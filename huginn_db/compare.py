@@ -21,6 +21,13 @@ Each run directory keeps its metrics.jsonl and eval/lm_eval.json, so `report` ca
 report.md and the plots from run directories alone. --skip-done keeps a run directory whose
 recorded config is the one this command would train and whose lm-eval scores cover the same
 tasks, depths and limit (an interrupted study continues where it stopped).
+
+On a text recipe each run also keeps the trainer's held-out loss at every depth, and its
+samples are scored as in the DiffusionBlocks paper's Table 5 (huginn_db.textgen: --prompts
+held-out prompts × --per-prompt continuations of --new-tokens at every depth, MAUVE, gen-PPL
+under a judge LM, entropy). --judge auto (the default) trains one GPT-2 judge for the whole
+study in OUT/judge, on the corpus minus every run's held-out documents; --judge NAME_OR_DIR
+uses a transformers model instead (gpt2-large on a GPU box), --judge none skips the samples.
 """
 
 from __future__ import annotations
@@ -33,10 +40,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from huginn_db.checkpoint import read_config
 from huginn_db.config import RunConfig, from_dict, load_config, resolve, to_dict
 from huginn_db.errors import ConfigError
 from huginn_db.objectives import OBJECTIVES
 from huginn_db.report import print_report, write_report
+from huginn_db.textgen import PROTOCOL
 
 
 def _train(recipe: str, run: Path, overrides: list[str]) -> None:
@@ -162,6 +171,9 @@ def compare(
     budget: float | None = None,
     objectives: list | None = None,
     skip_done: bool = False,
+    judge: str = "auto",
+    judge_steps: int = 1000,
+    protocol: dict | None = None,
 ) -> Path:
     base = load_config(recipe, overrides)
     variants = _variants(objectives)
@@ -199,7 +211,30 @@ def compare(
                 _train(recipe, run, args)
                 evaluate_run(run, tasks, num_steps, limit, seed)
             runs.append(run)
+    if base.data.name == "text" and judge != "none":
+        score_text(runs, out, base, judge, judge_steps, num_steps, protocol or {})
     return write_report(runs, out)
+
+
+def score_text(runs: list[Path], out: Path, base, judge: str, judge_steps: int, num_steps: list[int], protocol: dict):
+    """Samples of every run at every depth from its held-out prompts, scored by one judge LM
+    (the DiffusionBlocks paper's Table 5). `judge=auto` trains the study's judge in OUT/judge,
+    without any run's held-out documents, once."""
+    from huginn_db.judge import Judge, ensure_judge, held_out_documents
+    from huginn_db.textgen import is_scored, score_samples
+
+    if judge == "auto":
+        exclude = set().union(*(held_out_documents(str(r)) for r in runs))
+        text = base.data.text
+        judge = str(ensure_judge(out / "judge", text.files, exclude, judge_steps, text.data_root))
+    loaded = None
+    for run in runs:
+        own = {**protocol, "seed": int(read_config(run).seed)}  # each seed samples on its own stream
+        if is_scored(run, judge, num_steps, {**PROTOCOL, **own}):
+            print(f"== {run}: samples scored by {judge} (same protocol), kept", flush=True)
+            continue
+        loaded = loaded or Judge(judge)
+        score_samples(run, loaded, num_steps, own)
 
 
 def evaluate_run(run: Path, tasks: list[str], num_steps: list[int], limit: int | None, seed: int) -> dict:
@@ -240,6 +275,16 @@ def main_compare(argv: list[str]) -> int:
     ap.add_argument("--tasks", default=None, help="comma-separated lm-eval tasks (default: by data)")
     ap.add_argument("--limit", type=int, default=None, help="lm-eval --limit per task")
     ap.add_argument("--out", default=None, help="default: the recipe's run_dir parent + /compare")
+    ap.add_argument(
+        "--judge",
+        default="auto",
+        help="text recipes: judge LM for samples (hub name or directory; auto: train one in OUT/judge; none: skip)",
+    )
+    ap.add_argument("--judge-steps", type=int, default=1000, help="training steps of the auto judge")
+    ap.add_argument("--prompts", type=int, default=PROTOCOL["prompts"], help="held-out prompts per run and depth")
+    ap.add_argument("--per-prompt", type=int, default=PROTOCOL["per_prompt"], help="samples per prompt")
+    ap.add_argument("--prompt-tokens", type=int, default=PROTOCOL["prompt_tokens"])
+    ap.add_argument("--new-tokens", type=int, default=PROTOCOL["new_tokens"])
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_intermixed_args(argv)
     if args.objectives:  # nargs="+" also takes the dotted overrides that follow it: give them back
@@ -261,6 +306,9 @@ def main_compare(argv: list[str]) -> int:
             args.flops,
             args.objectives,
             args.skip_done,
+            args.judge,
+            args.judge_steps,
+            {k: getattr(args, k) for k in ("prompts", "per_prompt", "prompt_tokens", "new_tokens")},
         )
     except subprocess.CalledProcessError as err:  # the run printed its own error; pass its exit code on
         print(f"huginn-db: error: a training run failed (exit {err.returncode})", file=sys.stderr)

@@ -30,6 +30,7 @@ Metrics (huginn_db.textgen applies them to samples)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import time
@@ -80,6 +81,7 @@ def train_judge(
     lr: float = 1e-3,
     val_fraction: float = 0.02,
     seed: int = 0,
+    data_root: str | None = None,
 ) -> dict:
     """Trains a GPT-2 judge on the documents of `files` except those in `exclude`; writes the
     model and tokenizer with save_pretrained and judge.json (what it saw, its held-out loss)."""
@@ -93,7 +95,7 @@ def train_judge(
 
     # its own split, drawn apart from any run's (a run with the same seed splits with `seed`)
     try:  # relative names resolve against $HUGINN_DB_DATA, as a run's data.text.files do
-        corpus = TextDocuments(TextConfig(files=files, val_fraction=val_fraction))
+        corpus = TextDocuments(TextConfig(files=list(files), val_fraction=val_fraction, data_root=data_root))
         docs, val_idx, train_idx = corpus.split(seed_of(seed, 1))
     except ValueError as err:
         raise ConfigError(f"train-judge: {err}") from None
@@ -146,6 +148,7 @@ def train_judge(
         "files": [str(f) for f in files],
         "documents": len(kept),
         "excluded_documents": len(train_idx) - len(kept),
+        "excluded_sha256": excluded_digest(exclude),
         "train_tokens": int(train.numel()),
         "params": sum(p.numel() for p in model.parameters()),
         "steps": steps,
@@ -156,6 +159,25 @@ def train_judge(
     }
     (out / "judge.json").write_text(json.dumps(info, indent=2))
     return info
+
+
+def excluded_digest(exclude) -> str:
+    """Names the set of documents a judge was trained without."""
+    return hashlib.sha256("\0".join(sorted(exclude)).encode()).hexdigest()
+
+
+def ensure_judge(out: Path, files: list[str], exclude: set[str], steps: int, data_root: str | None = None) -> Path:
+    """The judge in `out` if it was trained on `files` for `steps` without exactly `exclude`;
+    else trains it there (the study's judge: trained once, reused by a rerun)."""
+    try:
+        have = json.loads((out / "judge.json").read_text())
+    except (OSError, ValueError):
+        have = {}
+    want = {"files": [str(f) for f in files], "steps": steps, "excluded_sha256": excluded_digest(exclude)}
+    if any(have.get(k) != v for k, v in want.items()):
+        print(f"training the judge LM in {out} ({steps} steps)", flush=True)
+        train_judge(files, out, exclude, steps=steps, data_root=data_root)
+    return out
 
 
 # --- using a judge --------------------------------------------------------------------------------

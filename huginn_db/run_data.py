@@ -47,7 +47,7 @@ def load_run(run: Path) -> dict:
 
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
-    ev, final = run / "eval" / "lm_eval.json", run / "eval" / "final.json"
+    ev, final, quality = (run / "eval" / f for f in ("lm_eval.json", "final.json", "text_quality.json"))
     return {
         "run": run,
         "objective": cfg.get("label") or cfg["objective"]["name"],  # the report's grouping
@@ -58,6 +58,8 @@ def load_run(run: Path) -> dict:
         "scores": json.loads(ev.read_text())["scores"] if ev.is_file() else {},
         # the trainer's held-out text loss per test-time depth {K: {"loss", "ppl"}} (text runs)
         "validation": json.loads(final.read_text()).get("validation", {}) if final.is_file() else {},
+        # samples scored by a judge LM {judge, protocol, scores: {K: metrics}} (huginn_db.textgen)
+        "samples": json.loads(quality.read_text()) if quality.is_file() else {},
     }
 
 

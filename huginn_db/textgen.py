@@ -28,6 +28,19 @@ from huginn_db.errors import ConfigError
 from huginn_db.objectives import Sampling, generate
 from huginn_db.objectives.base import seed_of
 
+# what text_quality.json records of how its samples were drawn (defaults: the paper's)
+PROTOCOL = {
+    "prompts": 1000,
+    "per_prompt": 5,
+    "prompt_tokens": 32,
+    "new_tokens": 50,
+    "temperature": 1.0,
+    "top_k": 0,
+    "top_p": 1.0,
+    "greedy": False,
+    "seed": 0,
+}
+
 
 def prompt_set(run: str | Path, n: int, prompt_tokens: int, new_tokens: int) -> list[tuple[list[int], list[int]]]:
     """Up to n (prompt ids, reference continuation ids) pairs from the run's held-out text."""
@@ -121,15 +134,15 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--prompt", default=None, help="sample continuations of this text and print them")
     ap.add_argument("--judge", default=None, help="judge LM (hub name or directory): score held-out prompts")
     ap.add_argument("--num-steps", default=None, help="test-time depths, comma-separated (default: the objective's)")
-    ap.add_argument("--prompts", type=int, default=1000, help="held-out prompts (with --judge)")
-    ap.add_argument("--per-prompt", type=int, default=5)
-    ap.add_argument("--prompt-tokens", type=int, default=32)
-    ap.add_argument("--new-tokens", type=int, default=50)
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--top-k", type=int, default=0)
-    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--prompts", type=int, default=PROTOCOL["prompts"], help="held-out prompts (with --judge)")
+    ap.add_argument("--per-prompt", type=int, default=PROTOCOL["per_prompt"])
+    ap.add_argument("--prompt-tokens", type=int, default=PROTOCOL["prompt_tokens"])
+    ap.add_argument("--new-tokens", type=int, default=PROTOCOL["new_tokens"])
+    ap.add_argument("--temperature", type=float, default=PROTOCOL["temperature"])
+    ap.add_argument("--top-k", type=int, default=PROTOCOL["top_k"])
+    ap.add_argument("--top-p", type=float, default=PROTOCOL["top_p"])
     ap.add_argument("--greedy", action="store_true")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=PROTOCOL["seed"])
     ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args(argv)
     if (args.prompt is None) == (args.judge is None):
@@ -168,9 +181,36 @@ def main(argv: list[str]) -> int:
 
     from huginn_db.judge import Judge
 
-    judge = Judge(args.judge)
-    pairs = prompt_set(args.run, args.prompts, args.prompt_tokens, args.new_tokens)
-    out = Path(args.run) / "eval"
+    protocol = {k: getattr(args, k) for k in PROTOCOL}
+    score_samples(args.run, Judge(args.judge), Ks, protocol, args.batch_size, (model, objective, tok))
+    return 0
+
+
+def is_scored(run: str | Path, judge: str, Ks: list[int], protocol: dict) -> bool:
+    """True when RUN/eval/text_quality.json holds these depths under this judge and protocol."""
+    path = Path(run) / "eval" / "text_quality.json"
+    try:
+        have = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return have.get("judge") == judge and have.get("protocol") == protocol and set(have["scores"]) == set(map(str, Ks))
+
+
+def score_samples(run, judge, Ks: list[int], protocol: dict, batch_size: int = 64, cfg_model=None) -> dict:
+    """Samples at each depth K from held-out prompts, scored with the judge; writes
+    RUN/eval/samples_K{K}.jsonl and RUN/eval/text_quality.json, returns {K: metrics}."""
+    if cfg_model is None:
+        from huginn_db.checkpoint import load_run
+        from huginn_db.tokenizer import load_tokenizer
+
+        _, model, objective = load_run(str(run))
+        tok = load_tokenizer(str(run))
+    else:
+        model, objective, tok = cfg_model
+    pr = {**PROTOCOL, **protocol}
+    sampling = Sampling(do_sample=not pr["greedy"], temperature=pr["temperature"], top_k=pr["top_k"], top_p=pr["top_p"])
+    pairs = prompt_set(run, pr["prompts"], pr["prompt_tokens"], pr["new_tokens"])
+    out = Path(run) / "eval"
     out.mkdir(exist_ok=True)
     results = {}
     for K in Ks:
@@ -180,37 +220,19 @@ def main(argv: list[str]) -> int:
             [p for p, _ in pairs],
             tok.bos_id,
             K,
-            args.new_tokens,
-            args.per_prompt,
+            pr["new_tokens"],
+            pr["per_prompt"],
             sampling,
-            args.seed,
-            args.batch_size,
+            pr["seed"],
+            batch_size,
         )
         with open(out / f"samples_K{K}.jsonl", "w") as f:
             for (p, r), row in zip(pairs, samples):
-                f.write(
-                    json.dumps(
-                        {"prompt": tok.decode(p), "reference": tok.decode(r), "samples": [tok.decode(s) for s in row]}
-                    )
-                    + "\n"
-                )
+                record = {"prompt": tok.decode(p), "reference": tok.decode(r), "samples": [tok.decode(s) for s in row]}
+                f.write(json.dumps(record) + "\n")
         results[str(K)] = quality(judge, tok, pairs, samples)
-        print(f"K={K}: " + ", ".join(f"{k} {v:.4g}" for k, v in results[str(K)].items()), flush=True)
-    protocol = {
-        k: getattr(args, k)
-        for k in (
-            "prompts",
-            "per_prompt",
-            "prompt_tokens",
-            "new_tokens",
-            "temperature",
-            "top_k",
-            "top_p",
-            "greedy",
-            "seed",
-        )
-    }
+        print(f"{run} K={K}: " + ", ".join(f"{k} {v:.4g}" for k, v in results[str(K)].items()), flush=True)
     (out / "text_quality.json").write_text(
-        json.dumps({"judge": args.judge, "protocol": protocol, "scores": results}, indent=2)
+        json.dumps({"judge": judge.name, "protocol": pr, "scores": results}, indent=2)
     )
-    return 0
+    return results

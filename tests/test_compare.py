@@ -89,17 +89,19 @@ def test_compare_compute_matched_then_report_rebuild(tmp_path):
     assert (out / "report.md").read_text() == report
 
 
-def test_compare_on_text_reports_held_out_loss_per_depth(tmp_path, data_root):
-    """A text recipe's comparison keeps the trainer's held-out loss at every test-time depth
-    and tabulates it per objective (lm-eval's tinystories_local scores the runs as well)."""
+def test_compare_on_text_reports_held_out_loss_and_samples_per_depth(tmp_path, data_root):
+    """A text recipe's comparison keeps the trainer's held-out loss at every test-time depth,
+    scores samples at every depth with one judge LM trained for the study, and tabulates both
+    per objective (lm-eval's tinystories_local scores the runs as well); a rerun keeps both."""
     from huginn_db.tokenizer import train_sentencepiece
 
     (tmp_path / "ts.txt").write_text((data_root / "tinystories" / "tinystories_val.txt").read_text()[:200_000])
     tok = train_sentencepiece([str(tmp_path / "ts.txt")], 500, str(tmp_path / "tok"))
     out = tmp_path / "cmp"
-    run(
+    args = [
         "compare",
         str(RECIPES / "text-small-db.yaml"),
+        *"--judge-steps 5 --prompts 6 --per-prompt 2 --prompt-tokens 8 --new-tokens 8".split(),
         "--num-steps",
         "1,2",
         "--limit",
@@ -121,9 +123,14 @@ def test_compare_on_text_reports_held_out_loss_per_depth(tmp_path, data_root):
         "model.context=32",
         "eval.max_val_batches=2",
         "objective.bptt.mean_recurrence=2",
-    )
+    ]
+    run(*args)
     report = (out / "report.md").read_text()
     assert "## Held-out text: validation loss vs test-time iterations" in report
+    assert "## Samples: MAUVE, generative perplexity and entropy vs test-time iterations" in report
+    assert f"judge LM `{out / 'judge'}`" in report and (out / "samples_vs_iterations.png").stat().st_size > 1000
+    judge = json.loads((out / "judge" / "judge.json").read_text())
+    assert judge["excluded_documents"] > 0 and judge["steps"] == 5
     assert (out / "validation_vs_iterations.png").stat().st_size > 1000
     for name, label in (("bptt-seed0", "BPTT"), ("db-seed0", "DB")):
         val = json.loads((out / name / "eval" / "final.json").read_text())["validation"]
@@ -132,6 +139,18 @@ def test_compare_on_text_reports_held_out_loss_per_depth(tmp_path, data_root):
         assert row in report, (row, report)
         scores = json.loads((out / name / "eval" / "lm_eval.json").read_text())["scores"]
         assert set(scores["2"]) == {"tinystories_local"}
+        quality = json.loads((out / name / "eval" / "text_quality.json").read_text())
+        assert set(quality["scores"]) == {"1", "2"} and quality["protocol"]["prompts"] == 6
+        for K in ("1", "2"):
+            q = quality["scores"][K]
+            assert q["samples"] == 12 and 0 < q["mauve"] <= 1 and q["gen_ppl"] > 1
+            assert f"| {label} | {K} | {q['mauve']:.3f} | {q['mauve_c5']:.3f} | {q['gen_ppl']:.1f} |" in report
+        assert len((out / name / "eval" / "samples_K2.jsonl").read_text().splitlines()) == 6
+    # a rerun keeps the runs, the judge and the scored samples
+    stamp = (out / "judge" / "judge.json").stat().st_mtime_ns
+    again = run(*args, "--skip-done")
+    assert again.count("done (same config and scores), kept") == 2 and again.count("(same protocol), kept") == 2
+    assert (out / "judge" / "judge.json").stat().st_mtime_ns == stamp
 
 
 def test_eval_cli_sweeps_depths(tmp_path):

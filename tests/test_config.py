@@ -16,7 +16,7 @@ SELF_CHECKING = [ModelConfig, ReasoningConfig, TextConfig, *(family.config for f
 
 
 def test_paired_recipes_inherit_everything_but_the_objective():
-    for pair in ("demo", "depth", "paper-lm1b", "text-small", "huginn-3.5b"):
+    for pair in ("demo", "depth", "paper-lm1b", "paper-lm1b-cpu", "text-small", "huginn-3.5b"):
         db, bptt = (to_dict(load_config(RECIPES / f"{pair}-{o}.yaml")) for o in ("db", "bptt"))
         assert yaml.safe_load((RECIPES / f"{pair}-bptt.yaml").read_text())["base"] == f"{pair}-db.yaml"
         assert db.pop("objective")["name"] == "diffusion_blocks" and bptt.pop("objective")["name"] == "bptt"

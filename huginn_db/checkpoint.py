@@ -1,6 +1,7 @@
 """Checkpoints of a run directory: safe to write, checked on read, exported to safetensors.
 
     huginn-db export RUN_DIR --out DIR     # DIR/model.safetensors + config.yaml + tokenizer
+    huginn-db export RUN_DIR --out DIR --format huginn     # Huginn's names (see huginn_db.interop)
 
 Layout: run/checkpoints/<tag>/ (DeepSpeed's files + manifest.json) and run/checkpoints/latest
 (the tag to resume from). A checkpoint is written as checkpoints/.tmp-<tag>/, given a manifest
@@ -12,7 +13,6 @@ altered file fails the manifest check on load and the next older complete checkp
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from huginn_db.config import RunConfig, from_dict
-from huginn_db.errors import CheckpointError, ConfigError
+from huginn_db.errors import CheckpointError
 from huginn_db.model import RecurrentDepthLM
 from huginn_db.objectives import build_objective
 
@@ -217,17 +217,3 @@ def export(run_dir: str | Path, out: str | Path, tag: str | None = None) -> Path
         if (run / name).is_file():
             shutil.copy(run / name, out / name)
     return out / "model.safetensors"
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="huginn-db export", description="Consolidate a run's checkpoint to safetensors.")
-    ap.add_argument("run_dir")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--tag", default=None, help="checkpoint tag (default: latest)")
-    args = ap.parse_args(argv)
-    try:
-        path = export(args.run_dir, args.out, args.tag)
-    except (FileNotFoundError, KeyError, CheckpointError) as err:  # a missing or damaged checkpoint is bad input here
-        raise ConfigError(str(err).strip("'\"")) from None
-    print(path)
-    return 0

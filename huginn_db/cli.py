@@ -10,7 +10,8 @@
     huginn-db audit RECIPE.yaml [key=value ...]          trivial predictors vs chance on its reasoning tasks
     huginn-db flops RECIPE.yaml [key=value ...] [--json]   analytic compute per step / token
     huginn-db peak [--json]                              this machine's matmul FLOP/s (MFU)
-    huginn-db export RUN_DIR --out DIR                   consolidated safetensors + config
+    huginn-db export RUN_DIR --out DIR [--format huginn]  consolidated safetensors + config (or Huginn's format)
+    huginn-db import HUGINN_DIR --out DIR                a Huginn checkpoint as an export directory
     huginn-db tokenizer train --input F... --vocab-size N --out DIR
     huginn-db sample RUN --prompt TEXT | --judge DIR     sampled continuations; their MAUVE / gen-PPL
     huginn-db train-judge --input F... --out DIR         a GPT-2 judge LM (transformers) for sample quality
@@ -43,7 +44,8 @@ COMMANDS = {
     "audit": ("huginn_db.data.audit", "main"),
     "flops": ("huginn_db.flops", "main"),
     "peak": ("huginn_db.flops", "main_peak"),
-    "export": ("huginn_db.checkpoint", "main"),
+    "export": ("huginn_db.interop", "main_export"),
+    "import": ("huginn_db.interop", "main_import"),
     "tokenizer": ("huginn_db.tokenizer", "main"),
     "sample": ("huginn_db.textgen", "main"),
     "train-judge": ("huginn_db.judge", "main"),

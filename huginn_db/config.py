@@ -148,6 +148,10 @@ class RunConfig:
     """auto: continue from run_dir/checkpoints/latest if present."""
     label: str = ""
     """This run's name in reports and plots ("": its objective's); `compare` sets it for variants."""
+    init_from: str = ""
+    """Start from the weights of this export or run directory (e.g. a `huginn-db import` of a
+    Huginn checkpoint) instead of a fresh init; same model shape. σ-conditioning it lacks (DB
+    fine-tuning a BPTT model) starts zero-initialised, so step 0 computes what it computed."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The looped model: prelude, core, coda."""
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)

@@ -117,6 +117,17 @@ class CharTokenizer:
     def save(self, directory: str | Path) -> None:
         Path(directory, "tokenizer.json").write_text(json.dumps({"type": self.name, "itos": self.itos}))
 
+    def save_hf(self, directory: str | Path) -> None:
+        """The same ids as a `tokenizers` tokenizer.json (one word per character) + tokenizer_config.json."""
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+        tok = Tokenizer(models.WordLevel({s: i for i, s in enumerate(self.itos)}, unk_token=None))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+        tok.decoder = decoders.Fuse()
+        tok.add_special_tokens(SPECIALS)
+        tok.save(str(Path(directory, "tokenizer.json")))
+        _write_hf_specials(directory, *SPECIALS)
+
 
 class SentencePieceTokenizer:
     """A SentencePiece model with the CharTokenizer interface (encode adds no bos/eos)."""
@@ -152,9 +163,79 @@ class SentencePieceTokenizer:
             shutil.copyfile(self.model_path, target)
         Path(directory, "tokenizer.json").write_text(json.dumps({"type": self.name, "model": target.name}))
 
+    def save_hf(self, directory: str | Path) -> None:
+        """tokenizer.model (transformers loads it with its sentencepiece tokenizers) + tokenizer_config.json."""
+        shutil.copyfile(self.model_path, Path(directory, "tokenizer.model"))
+        ids = (self.pad_id, self.bos_id, self.eos_id)
+        _write_hf_specials(directory, *(self.sp.id_to_piece(i) for i in ids))
+
+
+def _write_hf_specials(directory, pad: str, bos: str, eos: str) -> None:
+    config = {"bos_token": bos, "eos_token": eos, "pad_token": pad}
+    Path(directory, "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+
+
+class HFTokenizer:
+    """An HF `tokenizers` tokenizer.json (e.g. Huginn's) with the CharTokenizer interface; its
+    bos/eos/pad tokens are tokenizer_config.json's (pad: eos when it names none)."""
+
+    name = "huggingface"
+
+    def __init__(self, path: str | Path):
+        from tokenizers import Tokenizer
+
+        self.path = Path(path)
+        try:
+            self.tok = Tokenizer.from_file(str(self.path))
+        except Exception as err:
+            raise ValueError(
+                f"{self.path} is not a tokenizers tokenizer.json ({str(err).splitlines()[0][:120]})"
+            ) from None
+        config = self.path.with_name("tokenizer_config.json")
+        try:
+            specials = json.loads(config.read_text())
+        except (OSError, ValueError):
+            raise ValueError(f"{config} is missing or unreadable: it names the bos/eos tokens") from None
+
+        def token_id(key: str, required: bool = True) -> int | None:
+            token = specials.get(key)
+            token = token.get("content") if isinstance(token, dict) else token
+            i = self.tok.token_to_id(token) if isinstance(token, str) else None
+            if i is None and required:
+                raise ValueError(f"{config}: {key} {token!r} is not a token of {self.path.name}")
+            return i
+
+        self.bos_id, self.eos_id = token_id("bos_token"), token_id("eos_token")
+        pad = token_id("pad_token", required=False)
+        self.pad_id = self.eos_id if pad is None else pad
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return self.tok.encode(text, add_special_tokens=False).ids
+        except Exception as err:
+            raise ValueError(
+                f"{self.path.name} cannot encode {text[:40]!r}: {str(err).splitlines()[0][:120]}"
+            ) from None
+
+    def decode(self, ids) -> str:
+        return self.tok.decode([i for i in until_eos(ids, self.eos_id) if i not in (self.pad_id, self.bos_id)])
+
+    def save(self, directory: str | Path) -> None:
+        for src in (self.path, self.path.with_name("tokenizer_config.json")):
+            target = Path(directory, src.name)
+            if not (target.exists() and target.samefile(src)):
+                shutil.copyfile(src, target)
+
+    save_hf = save
+
 
 def load_tokenizer(spec: str | Path):
-    """`"reasoning"`, a .model file, or a directory with tokenizer.json (as written by save())."""
+    """`"reasoning"`, a .model file, or a directory with tokenizer.json (as written by save(), or
+    an HF `tokenizers` file with its tokenizer_config.json) or tokenizer.model."""
     if str(spec) == "reasoning":
         return CharTokenizer()
     path = Path(spec)
@@ -169,11 +250,15 @@ def load_tokenizer(spec: str | Path):
         except json.JSONDecodeError:
             raise ValueError(f"{meta_path} is not valid JSON") from None
         kind = meta.get("type") if isinstance(meta, dict) else None
+        if kind is None and isinstance(meta, dict) and isinstance(meta.get("model"), dict):
+            return HFTokenizer(meta_path)  # a `tokenizers` file (Huginn's, or an import's)
         if kind == "reasoning":  # the base alphabet plus what the run's task family added
             return CharTokenizer.from_itos(meta["itos"]) if "itos" in meta else CharTokenizer()
         if kind == "sentencepiece":
             return SentencePieceTokenizer(path / meta.get("model", "tokenizer.model"))
         raise ValueError(f"{meta_path}: unknown tokenizer type {kind!r} (expected reasoning or sentencepiece)")
+    if path.is_dir() and (path / "tokenizer.model").is_file():  # an HF-style directory with a sentencepiece model
+        return SentencePieceTokenizer(path / "tokenizer.model")
     raise ValueError(
         f"unknown tokenizer {str(spec)!r}: expected 'reasoning', a .model file, or a directory holding tokenizer.json"
     )

@@ -116,6 +116,10 @@ def setup(cfg: RunConfig) -> Trainer:
     ds_config = deepspeed_config(cfg, world)
     checkpointer = Checkpointer(Path(cfg.run_dir), cfg, world, objective)
     resume_tag = checkpointer.resume_point(config_stage(ds_config))
+    if cfg.init_from and resume_tag is None:  # a resumed run continues from its own checkpoint
+        from huginn_db.interop import initial_weights
+
+        initial_weights(model, cfg.init_from)
     run = prepare_run_dir(cfg, rank)
     if rank == 0:
         corpus.tokenizer.save(run)

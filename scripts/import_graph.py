@@ -32,6 +32,7 @@ LAYERS = [
     ["huginn_db.config"],
     [
         "huginn_db.checkpoint",
+        "huginn_db.interop",
         "huginn_db.compute",
         "huginn_db.measure",
         "huginn_db.data",

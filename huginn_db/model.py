@@ -263,6 +263,8 @@ class RecurrentDepthLM(nn.Module):
 
     def core_step(self, state, e, cond=None, cache: KVCache | None = None, prev=None) -> torch.Tensor:
         core = self._compiled.get("core", self.core) if cache is None else self.core
+        if cache is not None:
+            cache.iteration()
         return core(state, e, self.rope_cos, self.rope_sin, cond, cache, prev)
 
     def decode(

@@ -9,7 +9,10 @@ tasks (eval/tasks) on the include path. model_args: checkpoint=RUN_OR_EXPORT_DIR
 num_steps=K (BPTT: recurrence r; DB: sampler steps = σ-bands; default: the objective's),
 sampler=euler|heun (DB), seed=0, batch_size=8 (wins over --batch_size), dtype=float32|bfloat16
 (bf16 autocast over fp32 weights, as in training), device=cpu|cuda (default cuda, the CPU
-where there is none; one GPU per rank under a launcher), score=context|final (DB), max_gen_toks=256.
+where there is none; one GPU per rank under a launcher), score=context|final (DB), max_gen_toks=256,
+exit=kl:5e-4|entropy:X|latent:X|argmax:N (adaptive exit per position, num_steps the maximum;
+huginn_db.objectives.adaptive; `evaluate` adds results["huginn_db"]["mean_iterations"]),
+kv_slots=N (generation's KV cache keeps N iterations per position, Huginn's compress-sN).
 
 Scores (`score_name` says which one a run used)
   recurrence  BPTT: log-probs of the recurrence run for r = num_steps iterations.

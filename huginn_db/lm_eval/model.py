@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from huginn_db.checkpoint import load_run
 from huginn_db.objectives import Sampling, next_tokens
+from huginn_db.objectives.adaptive import ExitRule
 from huginn_db.objectives.base import seed_of
 from huginn_db.tokenizer import load_tokenizer
 
@@ -54,6 +55,8 @@ class HuginnLM(TemplateLM):
         device: str | None = None,
         score: str | None = None,
         max_gen_toks: int = 256,
+        exit: str | None = None,
+        kv_slots: int | str | None = None,
     ):
         super().__init__()
         cfg, model, objective = load_run(checkpoint)
@@ -80,6 +83,10 @@ class HuginnLM(TemplateLM):
         if str(batch_size).startswith("auto"):
             raise ValueError("batch_size=auto is not supported; give a number")
         self.num_steps = int(num_steps) if num_steps else objective.default_num_steps
+        # adaptive exit: num_steps is then the maximum depth; iterations used are counted
+        self.exit = ExitRule.parse(exit)
+        self.kv_slots = None if kv_slots in (None, "", "none") else int(kv_slots)
+        self._iterations = [0, 0]  # iterations run, positions scored (adaptive exit)
         self.seed, self.batch_size, self.max_gen_toks = int(seed), int(batch_size), int(max_gen_toks)
         self._autocast_dtype = DTYPES[dtype]
 
@@ -157,9 +164,26 @@ class HuginnLM(TemplateLM):
             ids[i, : len(r)] = torch.tensor(r)
             noise[i, : len(r)] = self.noise(r)[0]
         steps = 1 if self.score_name == "context" else self.num_steps
+        kw, stats = dict(self._sampler_kw), {}
+        if self.exit is not None and steps > 1:
+            kw.update(exit=self.exit, stats=stats)
         with self._autocast():
-            logits = self.objective.logits(self.model, ids.to(self._device), steps, noise=noise, **self._sampler_kw)
+            logits = self.objective.logits(self.model, ids.to(self._device), steps, noise=noise, **kw)
+        if stats:
+            real = torch.arange(T)[None, :] < torch.tensor([len(r) for r in rows])[:, None]
+            self._count(stats["iterations"].cpu()[real])
         return F.log_softmax(logits.float(), dim=-1)
+
+    def _count(self, used: torch.Tensor) -> None:
+        self._iterations[0] += int(used.sum())
+        self._iterations[1] += used.numel()
+
+    def pop_mean_iterations(self) -> float | None:
+        """Mean loop iterations per scored (or generated) position since the last call, under
+        adaptive exit; None without it."""
+        ran, n = self._iterations
+        self._iterations = [0, 0]
+        return ran / n if self.exit is not None and n else None
 
     # -- requests --
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
@@ -262,6 +286,9 @@ class HuginnLM(TemplateLM):
         sample_seeds = [seed_of(s, 1, n) for s, (*_, n) in zip(seeds, batch)]
         new: list[list[int]] = [[] for _ in batch]
         done = [max_gen == 0 for _, _, max_gen, _ in batch]
+        kw, stats = dict(self._sampler_kw), {}
+        if self.exit is not None:
+            kw.update(exit=self.exit, stats=stats)
         steps = next_tokens(
             self.objective,
             self.model,
@@ -271,7 +298,8 @@ class HuginnLM(TemplateLM):
             use_cache=True,
             sampling=sampling,
             sample_seeds=sample_seeds,
-            **self._sampler_kw,
+            kv_slots=self.kv_slots,
+            **kw,
         )
         with self._autocast():
             for nxt in itertools.islice(steps, max(max_gen for _, _, max_gen, _ in batch)):
@@ -286,6 +314,8 @@ class HuginnLM(TemplateLM):
                     done[j] = len(new[j]) >= max_gen or any(u in self.tok.decode(new[j]) for u in until)
                 if all(done):
                     break
+        for used in stats.get("history", []):  # the position each pass decoded from
+            self._count(used[:, -1].cpu())
         texts = []
         for row, (_, until, _, _) in zip(new, batch):
             text = self.tok.decode(row)

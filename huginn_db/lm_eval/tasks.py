@@ -149,6 +149,9 @@ def evaluate(
         if K is not None:  # None: the depth the model was built with (the objective's default)
             lm.num_steps = int(K)
         results[K] = simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=manager, **lm_eval_kwargs)
+        mean = lm.pop_mean_iterations()
+        if mean is not None:  # adaptive exit: what the depth cost on average
+            results[K]["huginn_db"] = {"exit": str(lm.exit), "max_steps": lm.num_steps, "mean_iterations": mean}
     return results
 
 
@@ -213,6 +216,11 @@ def main_eval(argv: list[str]) -> int:
         (out / name).write_text(json.dumps(res, indent=2, default=str))
         print(f"\n== depth {K if K is not None else 'default'} ({out / name})")
         print(make_table(res))
+        if "huginn_db" in res:
+            a = res["huginn_db"]
+            print(
+                f"adaptive exit {a['exit']}: {a['mean_iterations']:.2f} iterations per position on average (max {a['max_steps']})"
+            )
         for task, caveat in result_caveats(res).items():
             print(f"note: {task}: {caveat}")
     return 0

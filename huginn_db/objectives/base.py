@@ -13,6 +13,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from huginn_db.kv_cache import KVCache
+from huginn_db.objectives.adaptive import ExitRule, run_adaptive
+
 
 def unwrap(model):
     return getattr(model, "module", model)  # a DeepSpeed engine wraps the nn.Module
@@ -125,8 +128,23 @@ class LatentRecurrence(Objective):
         return m.initial_state(torch.empty(batch, length, m.cfg.hidden), generator)
 
     @torch.no_grad()
-    def logits(self, model, input_ids, num_steps: int | None = None, generator=None, noise=None, cache=None, **_):
-        """noise: the initial state s₀ (default: drawn from `generator`); cache: see decoding."""
-        return unwrap(model).recur(
-            input_ids, num_steps or self.default_num_steps, 0, generator, state=noise, cache=cache
-        )
+    def logits(
+        self, model, input_ids, num_steps=None, generator=None, noise=None, cache=None, exit=None, stats=None, **_
+    ):
+        """noise: the initial state s₀ (default: drawn from `generator`); cache: see decoding;
+        exit: an adaptive-exit rule (objectives.adaptive; num_steps is then the maximum depth)."""
+        m, K = unwrap(model), num_steps or self.default_num_steps
+        rule = ExitRule.parse(exit)
+        if rule is None:
+            return m.recur(input_ids, K, 0, generator, state=noise, cache=cache)
+        cache = cache if cache is not None else KVCache()
+        e = m.encode(input_ids, cache)
+        s0 = m.initial_state(e, generator) if noise is None else noise.to(e.device, e.dtype)
+        state = [s0]
+
+        def step(active):
+            new = m.core_step(state[0], e, cache=cache)
+            state[0] = new if active is None else torch.where(active[..., None], new, state[0])
+            return m.decode(state[0], cache=cache), state[0]
+
+        return run_adaptive(step, K, rule, cache, start_latent=s0, stats=stats)

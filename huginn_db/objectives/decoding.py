@@ -95,6 +95,7 @@ def next_tokens(
     use_cache: bool = True,
     sampling: Sampling | None = None,
     sample_seeds: Sequence[int] | None = None,
+    kv_slots: int | None = None,
     **kw,
 ) -> Iterator[torch.Tensor]:
     """Yields the next token of every row (B,), step after step; the caller stops. Greedy
@@ -104,7 +105,7 @@ def next_tokens(
     enters: from one generator for the batch (int seed) or one per row (a seed per row, so a
     row's draws do not depend on its batch-mates). Sampled tokens come from one more generator
     per row, seeded by `sample_seeds` (default: (row seed, 1)), so a row's samples are a
-    function of its seeds alone. With
+    function of its seeds alone. kv_slots: the cache's iteration slots (huginn_db.kv_cache). With
     the cache a step runs the newest position only; without it a step reruns the whole sequence
     with the same draws — the same tokens and logits (up to float rounding) at O(length) times
     the core work.
@@ -123,7 +124,7 @@ def next_tokens(
             return objective.noise(m, B, length, gens[0])
         return torch.cat([objective.noise(m, 1, length, g) for g in gens])
 
-    cache = KVCache() if use_cache else None
+    cache = KVCache(kv_slots) if use_cache else None
     ids, noise = prompt_ids, draw(prompt_ids.shape[1])
     new_ids, new_noise = ids, noise
     while True:

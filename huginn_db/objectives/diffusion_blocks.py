@@ -12,6 +12,7 @@ import torch
 
 from huginn_db import diffusion as dm
 from huginn_db.model import KVCache
+from huginn_db.objectives.adaptive import ExitRule, run_adaptive
 from huginn_db.objectives.base import Objective, seed_of, unwrap
 from huginn_db.objectives.registry import register
 
@@ -164,6 +165,8 @@ class DiffusionBlocksObjective(Objective):
         return_trajectory: bool = False,
         noise: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        exit=None,
+        stats: dict | None = None,
     ):
         """K-step sampler from σ_max to σ_min; one loop iteration per equi-probability band.
 
@@ -171,11 +174,18 @@ class DiffusionBlocksObjective(Objective):
         (a single pass at σ_max). noise: ε (default: drawn from `generator`); cache: see decoding.
         Every position runs the same σ schedule and attention is causal, so a position's z
         trajectory depends on earlier positions only: with a cache the new positions' trajectories
-        equal those of an uncached pass over the whole sequence given the same ε.
+        equal those of an uncached pass over the whole sequence given the same ε. exit: an
+        adaptive-exit rule (objectives.adaptive): a position stops its ODE at the step where it
+        settles and keeps that step's logits (Euler sampler; K is then the maximum).
         """
         m = unwrap(model)
         sampler = sampler or self.cfg.sampler
         K = num_steps or self.default_num_steps
+        rule = ExitRule.parse(exit)
+        if rule is not None:
+            if sampler != "euler" or return_trajectory:
+                raise ValueError("adaptive exit runs the euler sampler and returns the final logits only")
+            cache = cache if cache is not None else KVCache()
         e = m.encode(input_ids, cache)
         B, T = input_ids.shape
         E_hat = m.clean_embeddings()
@@ -197,6 +207,17 @@ class DiffusionBlocksObjective(Objective):
                 last["prev"] = h.float() if mode == "latent" else D
             return D
 
+        if rule is not None:
+            at = [0, z]
+
+            def step(active):
+                k, zz = at
+                D = denoise(zz, sched[k])
+                new = dm.euler_step(zz, D, sched[k], sched[k + 1])
+                at[:] = [k + 1, new if active is None else torch.where(active[..., None], new, zz)]
+                return last["logits"], D
+
+            return run_adaptive(step, K, rule, cache, stats=stats)
         traj = []
         for k in range(K):
             s, s_next = sched[k], sched[k + 1]

@@ -174,6 +174,7 @@ def compare(
     judge: str = "auto",
     judge_steps: int = 1000,
     protocol: dict | None = None,
+    sample_steps: list[int] | None = None,
 ) -> Path:
     base = load_config(recipe, overrides)
     variants = _variants(objectives)
@@ -212,7 +213,7 @@ def compare(
                 evaluate_run(run, tasks, num_steps, limit, seed)
             runs.append(run)
     if base.data.name == "text" and judge != "none":
-        score_text(runs, out, base, judge, judge_steps, num_steps, protocol or {})
+        score_text(runs, out, base, judge, judge_steps, sample_steps or num_steps, protocol or {})
     return write_report(runs, out)
 
 
@@ -281,6 +282,7 @@ def main_compare(argv: list[str]) -> int:
         help="text recipes: judge LM for samples (hub name or directory; auto: train one in OUT/judge; none: skip)",
     )
     ap.add_argument("--judge-steps", type=int, default=1000, help="training steps of the auto judge")
+    ap.add_argument("--sample-steps", default=None, help="text recipes: depths to sample at (default: --num-steps)")
     ap.add_argument("--prompts", type=int, default=PROTOCOL["prompts"], help="held-out prompts per run and depth")
     ap.add_argument("--per-prompt", type=int, default=PROTOCOL["per_prompt"], help="samples per prompt")
     ap.add_argument("--prompt-tokens", type=int, default=PROTOCOL["prompt_tokens"])
@@ -309,6 +311,7 @@ def main_compare(argv: list[str]) -> int:
             args.judge,
             args.judge_steps,
             {k: getattr(args, k) for k in ("prompts", "per_prompt", "prompt_tokens", "new_tokens")},
+            [int(k) for k in args.sample_steps.split(",")] if args.sample_steps else None,
         )
     except subprocess.CalledProcessError as err:  # the run printed its own error; pass its exit code on
         print(f"huginn-db: error: a training run failed (exit {err.returncode})", file=sys.stderr)

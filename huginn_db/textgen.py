@@ -100,14 +100,21 @@ def sample(
     return out
 
 
+def continuation(tok, prompt: list[int], new: list[int]) -> str:
+    """The text `new` adds after `prompt`: decoded in context, so a piece that opens with a
+    space keeps it (sentencepiece drops a leading space when a piece is decoded alone)."""
+    head, full = tok.decode(prompt), tok.decode([*prompt, *new])
+    return full[len(head) :] if full.startswith(head) else tok.decode(new)
+
+
 def quality(judge, tok, pairs, samples) -> dict:
     """The Table-5-style metrics of samples[prompt][k] against the reference continuations."""
     from huginn_db.judge import distinct_n, mauve_score, unigram_entropy
 
     prompts = [tok.decode(p) for p, _ in pairs]
-    refs = [tok.decode(r) for _, r in pairs]
+    refs = [continuation(tok, p, r) for p, r in pairs]
     flat = [(prompts[i], s) for i, row in enumerate(samples) for s in row]
-    texts = [tok.decode(s) for _, s in flat]
+    texts = [continuation(tok, pairs[i][0], s) for i, row in enumerate(samples) for s in row]
     ctx = [p for p, _ in flat]
     ref_feats, sample_feats = judge.features(refs, prompts), judge.features(texts, ctx)
     return {
@@ -176,7 +183,7 @@ def main(argv: list[str]) -> int:
                 progress=False,
             )
             for j, s in enumerate(row):
-                print(f"[K={K} sample {j}] {args.prompt}{tok.decode(s)}")
+                print(f"[K={K} sample {j}] {args.prompt}{continuation(tok, ids, s)}")
         return 0
 
     from huginn_db.judge import Judge
@@ -228,7 +235,11 @@ def score_samples(run, judge, Ks: list[int], protocol: dict, batch_size: int = 6
         )
         with open(out / f"samples_K{K}.jsonl", "w") as f:
             for (p, r), row in zip(pairs, samples):
-                record = {"prompt": tok.decode(p), "reference": tok.decode(r), "samples": [tok.decode(s) for s in row]}
+                record = {
+                    "prompt": tok.decode(p),
+                    "reference": continuation(tok, p, r),
+                    "samples": [continuation(tok, p, s) for s in row],
+                }
                 f.write(json.dumps(record) + "\n")
         results[str(K)] = quality(judge, tok, pairs, samples)
         print(f"{run} K={K}: " + ", ".join(f"{k} {v:.4g}" for k, v in results[str(K)].items()), flush=True)

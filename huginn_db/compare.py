@@ -28,6 +28,10 @@ held-out prompts × --per-prompt continuations of --new-tokens at every depth, M
 under a judge LM, entropy). --judge auto (the default) trains one GPT-2 judge for the whole
 study in OUT/judge, on the corpus minus every run's held-out documents; --judge NAME_OR_DIR
 uses a transformers model instead (gpt2-large on a GPU box), --judge none skips the samples.
+
+--exit kl:1e-4,kl:5e-4,… also scores every run under those adaptive-exit rules with the
+largest depth as the maximum (eval/lm_eval_exit.json); the report sets accuracy against the
+mean iterations used, next to fixed K: each objective's compute/accuracy frontier.
 """
 
 from __future__ import annotations
@@ -175,9 +179,16 @@ def compare(
     judge_steps: int = 1000,
     protocol: dict | None = None,
     sample_steps: list[int] | None = None,
+    exits: list[str] | None = None,
 ) -> Path:
     base = load_config(recipe, overrides)
     variants = _variants(objectives)
+    from huginn_db.objectives.adaptive import ExitRule
+
+    try:
+        exits = [str(ExitRule.parse(e)) for e in exits or []]
+    except ValueError as err:
+        raise ConfigError(f"--exit: {err}") from None
     for v in variants:  # a bad variant key fails here, before any training
         load_config(recipe, [*overrides, *v.overrides])
     from huginn_db.lm_eval import default_tasks, task_manager
@@ -211,6 +222,8 @@ def compare(
             else:
                 _train(recipe, run, args)
                 evaluate_run(run, tasks, num_steps, limit, seed)
+            if exits:  # the compute/accuracy frontier: adaptive exit up to the largest depth
+                evaluate_exits(run, tasks, exits, max(num_steps), limit, seed)
             runs.append(run)
     if base.data.name == "text" and judge != "none":
         score_text(runs, out, base, judge, judge_steps, sample_steps or num_steps, protocol or {})
@@ -238,21 +251,44 @@ def score_text(runs: list[Path], out: Path, base, judge: str, judge_steps: int, 
         score_samples(run, loaded, num_steps, own)
 
 
+def _numbers(res: dict) -> dict:
+    return {
+        t: {m: v for m, v in r.items() if isinstance(v, (int, float)) and not m.endswith("_stderr,none")}
+        for t, r in res["results"].items()
+    }
+
+
 def evaluate_run(run: Path, tasks: list[str], num_steps: list[int], limit: int | None, seed: int) -> dict:
     """lm-eval at each depth; eval/lm_eval.json holds {K: {task: {metric: value}}}."""
     from huginn_db.lm_eval import evaluate
 
     results = evaluate(str(run), tasks, num_steps, limit=limit, model_args={"seed": seed})
-    scores = {
-        str(K): {
-            t: {m: v for m, v in r.items() if isinstance(v, (int, float)) and not m.endswith("_stderr,none")}
-            for t, r in res["results"].items()
-        }
-        for K, res in results.items()
-    }
+    scores = {str(K): _numbers(res) for K, res in results.items()}
     (run / "eval").mkdir(exist_ok=True)
     (run / "eval" / "lm_eval.json").write_text(json.dumps({"tasks": tasks, "limit": limit, "scores": scores}, indent=2))
     return scores
+
+
+def evaluate_exits(run: Path, tasks: list[str], rules: list[str], depth: int, limit: int | None, seed: int) -> dict:
+    """lm-eval under each adaptive-exit rule with `depth` as the maximum; eval/lm_eval_exit.json
+    holds {rule: {mean_iterations, scores: {task: {metric: value}}}} (kept when already there)."""
+    from huginn_db.lm_eval import evaluate
+
+    path = run / "eval" / "lm_eval_exit.json"
+    want = {"tasks": tasks, "limit": limit, "max_steps": depth}
+    try:
+        have = json.loads(path.read_text())
+    except (OSError, ValueError):
+        have = {}
+    if {k: have.get(k) for k in want} != want:
+        have = {**want, "rules": {}}
+    for rule in rules:
+        if rule in have["rules"]:
+            continue
+        res = evaluate(str(run), tasks, [depth], limit=limit, model_args={"seed": seed, "exit": rule})[depth]
+        have["rules"][rule] = {"mean_iterations": res["huginn_db"]["mean_iterations"], "scores": _numbers(res)}
+        path.write_text(json.dumps(have, indent=2))
+    return have
 
 
 def main_compare(argv: list[str]) -> int:
@@ -283,6 +319,11 @@ def main_compare(argv: list[str]) -> int:
     )
     ap.add_argument("--judge-steps", type=int, default=1000, help="training steps of the auto judge")
     ap.add_argument("--sample-steps", default=None, help="text recipes: depths to sample at (default: --num-steps)")
+    ap.add_argument(
+        "--exit",
+        default=None,
+        help="adaptive-exit rules to score up to the largest --num-steps, comma-separated (e.g. kl:1e-4,kl:5e-4,entropy:0.1)",
+    )
     ap.add_argument("--prompts", type=int, default=PROTOCOL["prompts"], help="held-out prompts per run and depth")
     ap.add_argument("--per-prompt", type=int, default=PROTOCOL["per_prompt"], help="samples per prompt")
     ap.add_argument("--prompt-tokens", type=int, default=PROTOCOL["prompt_tokens"])
@@ -312,6 +353,7 @@ def main_compare(argv: list[str]) -> int:
             args.judge_steps,
             {k: getattr(args, k) for k in ("prompts", "per_prompt", "prompt_tokens", "new_tokens")},
             [int(k) for k in args.sample_steps.split(",")] if args.sample_steps else None,
+            args.exit.split(",") if args.exit else None,
         )
     except subprocess.CalledProcessError as err:  # the run printed its own error; pass its exit code on
         print(f"huginn-db: error: a training run failed (exit {err.returncode})", file=sys.stderr)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from huginn_db.report_exit import exit_plot, exit_section
 from huginn_db.report_samples import samples_plot, samples_section
 from huginn_db.run_data import (  # noqa: F401  (re-exported: the report's public helpers)
     _DEPTH_TASK,
@@ -235,6 +236,7 @@ def write_report(runs: list[Path], out: Path) -> Path:
             + ".",
         ]
     lines += _depth_section(data, by_obj) + _validation_section(by_obj) + samples_section(by_obj)
+    lines += exit_section(by_obj)
 
     Ks = sorted({K for d in data for K in d["scores"]}, key=int)
     other = sorted({t for d in data for K in d["scores"] for t in d["scores"][K] if not _DEPTH_TASK.fullmatch(t)})
@@ -312,6 +314,8 @@ def _plots(data, by_obj, out: Path) -> list[Path]:
         save(fig, "validation_vs_iterations.png")
     if (fig := samples_plot(by_obj, plt)) is not None:
         save(fig, "samples_vs_iterations.png")
+    if (fig := exit_plot(by_obj, plt)) is not None:
+        save(fig, "accuracy_vs_iterations_used.png")
 
     with_depth = [d for d in data if depth_matrix(d)]
     if not with_depth:

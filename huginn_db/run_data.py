@@ -47,7 +47,9 @@ def load_run(run: Path) -> dict:
 
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
-    ev, final, quality = (run / "eval" / f for f in ("lm_eval.json", "final.json", "text_quality.json"))
+    ev, final, quality, exits = (
+        run / "eval" / f for f in ("lm_eval.json", "final.json", "text_quality.json", "lm_eval_exit.json")
+    )
     return {
         "run": run,
         "objective": cfg.get("label") or cfg["objective"]["name"],  # the report's grouping
@@ -60,6 +62,8 @@ def load_run(run: Path) -> dict:
         "validation": json.loads(final.read_text()).get("validation", {}) if final.is_file() else {},
         # samples scored by a judge LM {judge, protocol, scores: {K: metrics}} (huginn_db.textgen)
         "samples": json.loads(quality.read_text()) if quality.is_file() else {},
+        # lm-eval under adaptive-exit rules {max_steps, rules: {rule: {mean_iterations, scores}}}
+        "exits": json.loads(exits.read_text()) if exits.is_file() else {},
     }
 
 

@@ -41,7 +41,13 @@ LAYERS = [
     ],
     ["huginn_db.components", "huginn_db.flops", "huginn_db.judge"],
     ["huginn_db.train", "huginn_db.lm_eval", "huginn_db.textgen"],
-    ["huginn_db.run_data", "huginn_db.report_samples", "huginn_db.report", "huginn_db.compare"],
+    [
+        "huginn_db.run_data",
+        "huginn_db.report_samples",
+        "huginn_db.report_exit",
+        "huginn_db.report",
+        "huginn_db.compare",
+    ],
     ["huginn_db.cli", "huginn_db"],
 ]
 

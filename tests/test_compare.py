@@ -50,6 +50,8 @@ def test_compare_compute_matched_then_report_rebuild(tmp_path):
         "bptt",
         "diffusion_blocks",
         "diffusion_blocks:self_condition=latent",  # a variant: its own runs and label
+        "--exit",
+        "kl:0,entropy:1e9",  # never / always met: the frontier's two ends
         "train.max_steps=10",
         *TINY,
     ]
@@ -76,6 +78,16 @@ def test_compare_compute_matched_then_report_rebuild(tmp_path):
     assert json.loads((variant / "eval" / "lm_eval.json").read_text())["scores"]["1"]
     sc = [json.loads(l) for l in (variant / "metrics.jsonl").read_text().splitlines()]
     assert bptt[-1]["step"] < sc[-1]["step"] < db[-1]["step"]  # its first passes cost FLOPs
+    # adaptive exit up to K=2: kl:0 runs both iterations and scores as fixed K=2, entropy:1e9 one
+    assert "## Adaptive exit: accuracy vs mean iterations used" in report
+    for r, label in (("db-seed0", "DB"), ("bptt-seed0", "BPTT")):
+        exits = json.loads((out / r / "eval" / "lm_eval_exit.json").read_text())
+        fixed = json.loads((out / r / "eval" / "lm_eval.json").read_text())["scores"]["2"]
+        assert exits["max_steps"] == 2 and exits["rules"]["kl:0"]["scores"] == fixed
+        assert (
+            exits["rules"]["kl:0"]["mean_iterations"] == 2 and exits["rules"]["entropy:1e+09"]["mean_iterations"] == 1
+        )
+        assert f"| {label} | exit entropy:1e+09 | 1.00 |" in report and f"| {label} | exit kl:0 | 2.00 |" in report
 
     runs = [str(out / r) for r in ("bptt-seed0", "db-seed0", variant.name)]
     (out / "report.md").unlink()

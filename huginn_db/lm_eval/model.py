@@ -19,6 +19,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simpl
 from tqdm import tqdm
 
 from huginn_db.checkpoint import load_run
+from huginn_db.kv_cache import KVCache
 from huginn_db.objectives import Sampling, next_tokens
 from huginn_db.objectives.adaptive import ExitRule
 from huginn_db.objectives.base import seed_of
@@ -87,6 +88,7 @@ class HuginnLM(TemplateLM):
         self.exit = ExitRule.parse(exit)
         self.kv_slots = None if kv_slots in (None, "", "none") else int(kv_slots)
         self._iterations = [0, 0]  # iterations run, positions scored (adaptive exit)
+        self.kv_bytes_per_token: float | None = None  # generation's KV cache, largest seen
         self.seed, self.batch_size, self.max_gen_toks = int(seed), int(batch_size), int(max_gen_toks)
         self._autocast_dtype = DTYPES[dtype]
 
@@ -168,7 +170,17 @@ class HuginnLM(TemplateLM):
         if self.exit is not None and steps > 1:
             kw.update(exit=self.exit, stats=stats)
         with self._autocast():
-            logits = self.objective.logits(self.model, ids.to(self._device), steps, noise=noise, **kw)
+            if self.kv_slots is None:
+                logits = self.objective.logits(self.model, ids.to(self._device), steps, noise=noise, **kw)
+            else:  # one position per pass through a cache of kv_slots iterations, as generation runs
+                cache, parts, lengths = KVCache(self.kv_slots), [], torch.tensor([len(r) for r in rows])
+                for t in range(T):
+                    own = {**kw, "stats": {}} if stats is kw.get("stats") else kw
+                    x, n = ids[:, t : t + 1].to(self._device), noise[:, t : t + 1]
+                    parts.append(self.objective.logits(self.model, x, steps, noise=n, cache=cache, **own))
+                    if "stats" in own:
+                        self._count(own["stats"]["iterations"].cpu()[lengths > t])
+                logits, stats = torch.cat(parts, dim=1), {}
         if stats:
             real = torch.arange(T)[None, :] < torch.tensor([len(r) for r in rows])[:, None]
             self._count(stats["iterations"].cpu()[real])
@@ -286,9 +298,10 @@ class HuginnLM(TemplateLM):
         sample_seeds = [seed_of(s, 1, n) for s, (*_, n) in zip(seeds, batch)]
         new: list[list[int]] = [[] for _ in batch]
         done = [max_gen == 0 for _, _, max_gen, _ in batch]
-        kw, stats = dict(self._sampler_kw), {}
+        kw = dict(self._sampler_kw, stats={})
+        stats = kw["stats"]
         if self.exit is not None:
-            kw.update(exit=self.exit, stats=stats)
+            kw["exit"] = self.exit
         steps = next_tokens(
             self.objective,
             self.model,
@@ -316,6 +329,8 @@ class HuginnLM(TemplateLM):
                     break
         for used in stats.get("history", []):  # the position each pass decoded from
             self._count(used[:, -1].cpu())
+        if "kv_bytes_per_token" in stats:
+            self.kv_bytes_per_token = max(self.kv_bytes_per_token or 0, stats["kv_bytes_per_token"])
         texts = []
         for row, (_, until, _, _) in zip(new, batch):
             text = self.tok.decode(row)

@@ -149,9 +149,14 @@ def evaluate(
         if K is not None:  # None: the depth the model was built with (the objective's default)
             lm.num_steps = int(K)
         results[K] = simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=manager, **lm_eval_kwargs)
-        mean = lm.pop_mean_iterations()
+        mean, own = lm.pop_mean_iterations(), {}
         if mean is not None:  # adaptive exit: what the depth cost on average
-            results[K]["huginn_db"] = {"exit": str(lm.exit), "max_steps": lm.num_steps, "mean_iterations": mean}
+            own.update(exit=str(lm.exit), max_steps=lm.num_steps, mean_iterations=mean)
+        if lm.kv_bytes_per_token is not None:  # generation's decode memory
+            own.update(kv_slots=lm.kv_slots, kv_bytes_per_token=lm.kv_bytes_per_token)
+            lm.kv_bytes_per_token = None
+        if own:
+            results[K]["huginn_db"] = own
     return results
 
 
@@ -216,10 +221,14 @@ def main_eval(argv: list[str]) -> int:
         (out / name).write_text(json.dumps(res, indent=2, default=str))
         print(f"\n== depth {K if K is not None else 'default'} ({out / name})")
         print(make_table(res))
-        if "huginn_db" in res:
-            a = res["huginn_db"]
+        own = res.get("huginn_db", {})
+        if "mean_iterations" in own:
             print(
-                f"adaptive exit {a['exit']}: {a['mean_iterations']:.2f} iterations per position on average (max {a['max_steps']})"
+                f"adaptive exit {own['exit']}: {own['mean_iterations']:.2f} iterations per position (max {own['max_steps']})"
+            )
+        if "kv_bytes_per_token" in own:
+            print(
+                f"generation's KV cache (kv_slots={own['kv_slots']}): {own['kv_bytes_per_token']:,.0f} bytes per token"
             )
         for task, caveat in result_caveats(res).items():
             print(f"note: {task}: {caveat}")

@@ -132,6 +132,8 @@ def next_tokens(
             logits = objective.logits(model, ids, num_steps, noise=noise, **kw)
         else:
             logits = objective.logits(model, new_ids, num_steps, noise=new_noise, cache=cache, **kw)
+            if isinstance(kw.get("stats"), dict):  # decode memory: cached bytes per position of a row
+                kw["stats"]["kv_bytes_per_token"] = cache.nbytes() / (cache.length * B)
         nxt = sampling.pick(logits[:, -1], picks)
         yield nxt
         new_ids, new_noise = nxt[:, None], draw(1)

@@ -140,9 +140,12 @@ def evaluate(
     from lm_eval import simple_evaluate
 
     from huginn_db.lm_eval.model import HuginnLM
+    from huginn_db.tokenizer import load_tokenizer
 
     # as lm-eval's CLI does with model_args: the reasoning tasks read the checkpoint's recipe
     manager = task_manager(tasks, data_root, {"checkpoint": str(checkpoint)})
+    check_data_files(tasks, data_root)  # before any work: every refusal comes first
+    check_encodable(tasks, manager, load_tokenizer(checkpoint), tokenizer_name(checkpoint))
     lm = HuginnLM(str(checkpoint), **(model_args or {}))
     results = {}
     for K in num_steps_list:
@@ -233,3 +236,78 @@ def main_eval(argv: list[str]) -> int:
         for task, caveat in result_caveats(res).items():
             print(f"note: {task}: {caveat}")
     return 0
+
+
+# --- checks before anything is scored --------------------------------------------------------
+
+
+def tokenizer_name(checkpoint: str | Path) -> str:
+    """How an error names a checkpoint's tokenizer."""
+    from huginn_db.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(checkpoint)
+    return f"{tok.name}, {tok.vocab_size} tokens, of {checkpoint}"
+
+
+def check_data_files(tasks: list[str], data_root: str | Path | None = None) -> None:
+    """ConfigError naming the first local task whose data file is missing, the data root used
+    and how to point at another one (lm-eval would fail mid-run with a traceback)."""
+    import re
+
+    root = Path(data_root).resolve() if data_root else default_data_root()
+    for task in tasks:
+        src = TASKS_SRC / f"{task}.yaml"
+        if not src.is_file():
+            continue
+        for rel in re.findall(r"\$\{HUGINN_DB_DATA\}/([^\"'\s]+)", src.read_text(encoding="utf-8")):
+            path = root / rel
+            if "." in Path(rel).name and not path.is_file():  # data_files entries (dataset_path is a folder)
+                stock = (
+                    f"; with network the stock task {task.removesuffix('_local')!r} works"
+                    if task.endswith("_local")
+                    else ""
+                )
+                raise ConfigError(
+                    f"task {task}: data file {path} not found (data root {root}; set HUGINN_DB_DATA or --data-root){stock}"
+                )
+
+
+def _unencodable(tok, text: str) -> str | None:
+    """The first character of `text` the tokenizer cannot encode (None: it encodes all of it)."""
+    try:
+        tok.encode(text)
+        return None
+    except ValueError:
+        pass
+    for ch in dict.fromkeys(text):
+        try:
+            tok.encode(ch)
+        except ValueError:
+            return ch
+    return text[:20]  # no single character fails: a sequence does
+
+
+def check_encodable(tasks: list[str], manager, tok, tok_name: str, sample: int = 25) -> None:
+    """ConfigError naming the first task whose inputs (prompts, targets, choices of the first
+    `sample` documents) the model's tokenizer cannot encode, and the first such character."""
+    import logging
+
+    quiet = logging.getLogger("lm_eval")  # its task-loading notes come again when the tasks run
+    level, quiet.level = quiet.level, logging.ERROR
+    try:
+        loaded = manager.load(list(tasks))["tasks"]  # leaf tasks, groups expanded
+    finally:
+        quiet.setLevel(level)
+    for name, task in loaded.items():
+        for i, doc in enumerate(task.eval_docs):
+            if i >= sample:
+                break
+            texts = [task.doc_to_text(doc), task.doc_to_target(doc)]
+            if task.OUTPUT_TYPE == "multiple_choice":
+                texts += list(task.doc_to_choice(doc))
+            for text in texts:
+                if isinstance(text, str) and (ch := _unencodable(tok, text)) is not None:
+                    raise ConfigError(
+                        f"task {task.config.task or name}: the model's tokenizer ({tok_name}) cannot encode {ch!r} "
+                        f"(in {text[:40]!r}); score it with a model whose tokenizer reads its text"
+                    )

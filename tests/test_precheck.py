@@ -54,3 +54,14 @@ def test_a_missing_data_file_names_the_task_the_path_and_the_data_root(char_run,
     assert proc.returncode == 2 and len(err) == 1, proc.stderr[-2000:]
     assert f"task arc_easy_local: data file {tmp_path / 'nowhere' / 'arc' / 'ARC-Easy-Dev.jsonl'} not found" in err[0]
     assert f"data root {tmp_path / 'nowhere'}" in err[0] and "HUGINN_DB_DATA" in err[0] and "'arc_easy'" in err[0]
+
+
+def test_a_text_runs_own_benchmark_is_the_perplexity_task_over_its_corpus():
+    from huginn_db.config import load_config
+    from huginn_db.lm_eval import default_tasks
+    from tests.conftest import RECIPES
+
+    assert default_tasks(load_config(RECIPES / "paper-lm1b-cpu-db.yaml")) == ["lm1b_local"]
+    assert default_tasks(load_config(RECIPES / "text-small-db.yaml")) == ["tinystories_local"]
+    wiki = load_config(RECIPES / "text-small-db.yaml", ["data.text.files=[wikitext-2/valid.txt]"])
+    assert default_tasks(wiki) == ["wikitext2_local"]

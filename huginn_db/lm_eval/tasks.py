@@ -96,7 +96,14 @@ def task_dir(data_root: str | Path | None = None) -> Path:
 def default_tasks(cfg) -> list[str]:
     """The recipe's own benchmark: one task per test difficulty of its reasoning family (the
     difficulty × depth matrix of the report), or validation perplexity for text."""
-    if cfg.data.name != "reasoning":
+    if cfg.data.name != "reasoning":  # the local perplexity task over the run's own text, if one is
+        import re
+
+        files = " ".join(cfg.data.text.files)
+        for task in ("tinystories_local", "lm1b_local", "wikitext2_local"):
+            paths = re.findall(r"\$\{HUGINN_DB_DATA\}/([^\"'\s]+)", (TASKS_SRC / f"{task}.yaml").read_text())
+            if any(p in files for p in paths):
+                return [task]
         return ["tinystories_local"]
     r = cfg.data.reasoning
     return [f"reasoning_{r.family}_d{d}" for d in r.test_difficulties]

@@ -7,7 +7,7 @@ RUN      = $(VENV)/bin/python
 STAMP    = $(VENV)/.installed
 OPS      = $(VENV)/.deepspeed-ops
 
-.PHONY: install demo study test test-fast lint format clean
+.PHONY: install demo study study-depth study-text study-lm1b test test-fast lint format clean
 
 # torch goes in first and pinned, then everything else with the pin as a constraint, so a
 # CPU machine never pulls the multi-GB CUDA build. GPU users: `make install TORCH=torch`.
@@ -31,14 +31,39 @@ install: $(STAMP) $(OPS)
 demo: $(OPS)
 	$(VENV)/bin/huginn-db demo
 
-# README "What one-pass training keeps and loses": 3 seeds of the methods, seed 0 of the
-# controls and variants, at BPTT's FLOPs (hours on 2 cores; --skip-done keeps what is already there)
+# README "What one-pass training keeps and loses": the depth study (3 seeds of the methods and
+# the controls, seed 0 of two more deep-supervision variants, all at BPTT's FLOPs), the same
+# objectives on TinyStories (validation loss and samples per depth, one judge LM), and the
+# CPU-sized LM1B recipe of the DiffusionBlocks paper. Hours on 2 cores; --skip-done keeps
+# whatever is already there, so an interrupted study continues.
 STUDY = $(VENV)/bin/huginn-db compare recipes/depth-db.yaml --mode compute --out runs/study --skip-done
-study: $(OPS)
-	$(STUDY) --seeds 0 1 2 --objectives bptt diffusion_blocks deep_supervision diffusion_blocks:self_condition=latent
-	$(STUDY) --seeds 0 --objectives bptt fixed_depth:depth=1 fixed_depth:depth=8 diffusion_blocks:self_condition=prediction
+TEXT  = $(VENV)/bin/huginn-db compare --mode compute --skip-done --num-steps 1,2,4,8,16 --sample-steps 1,4,8,16 \
+        --prompts 200 --per-prompt 1 --limit 50
+DATA ?= ../shared/data
+study: study-depth study-text study-lm1b
+
+study-depth: $(OPS)
+	$(STUDY) --seeds 0 1 2 --objectives bptt diffusion_blocks deep_supervision diffusion_blocks:self_condition=latent \
+	    fixed_depth:depth=1 fixed_depth:depth=8 diffusion_blocks:self_condition=prediction
 	$(STUDY) --seeds 0 --objectives bptt deep_supervision:segments=4 deep_supervision:nograd_steps=7,segments=2
 	$(VENV)/bin/huginn-db report runs/study/*-seed* --out runs/study
+
+runs/tokenizers/tinystories-4k/tokenizer.model: $(STAMP)
+	$(VENV)/bin/huginn-db tokenizer train --input $(DATA)/tinystories/tinystories_val.txt --vocab-size 4000 \
+	    --out runs/tokenizers/tinystories-4k
+
+runs/tokenizers/lm1b-8k/tokenizer.model: $(STAMP)
+	$(VENV)/bin/huginn-db tokenizer train --input $(DATA)/lm1b_sample/1b_benchmark.dev.tokens --vocab-size 8000 \
+	    --out runs/tokenizers/lm1b-8k
+
+study-text: $(OPS) runs/tokenizers/tinystories-4k/tokenizer.model
+	HUGINN_DB_DATA=$(DATA) $(TEXT) recipes/text-small-db.yaml --seeds 0 1 2 --out runs/study-text \
+	    --objectives bptt diffusion_blocks deep_supervision \
+	    data.text.split_seed=0 data.text.val_fraction=0.1 train.max_steps=200 train.save_every=100
+
+study-lm1b: $(OPS) runs/tokenizers/lm1b-8k/tokenizer.model
+	HUGINN_DB_DATA=$(DATA) $(TEXT) recipes/paper-lm1b-cpu-db.yaml --seeds 0 --out runs/study-lm1b \
+	    --objectives bptt diffusion_blocks
 
 test: $(OPS)
 	$(RUN) -m pytest -q tests

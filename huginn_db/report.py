@@ -27,6 +27,7 @@ from huginn_db.run_data import (  # noqa: F401  (re-exported: the report's publi
     fmt,
     headline_metric,
     load_run,
+    runs_with,
     short,
     task_caveats,
 )
@@ -135,8 +136,7 @@ def _bar_section(by_obj: dict) -> list[str]:
 
 def _validation_section(by_obj: dict) -> list[str]:
     """Held-out text loss per test-time depth K (the trainer's own split and scoring)."""
-    objs = {o: [d for d in ds if d["validation"]] for o, ds in by_obj.items()}
-    objs = {o: ds for o, ds in objs.items() if ds}
+    objs = runs_with(by_obj, "validation")
     if not objs:
         return []
     Ks = sorted({K for ds in objs.values() for d in ds for K in d["validation"]}, key=int)

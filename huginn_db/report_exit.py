@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import statistics
 
-from huginn_db.run_data import color, fmt, headline_metric, short
+from huginn_db.run_data import color, fmt, headline_metric, runs_with, short
 
 
 def _accuracy(task_scores: dict) -> float:
@@ -27,8 +27,7 @@ def _points(ds: list[dict]) -> list[tuple[str, list[float], list[float]]]:
 
 
 def exit_section(by_obj: dict) -> list[str]:
-    objs = {o: [d for d in ds if d["exits"]] for o, ds in by_obj.items()}
-    objs = {o: ds for o, ds in objs.items() if ds}
+    objs = runs_with(by_obj, "exits")
     if not objs:
         return []
     depth = next(iter(objs.values()))[0]["exits"]["max_steps"]
@@ -50,8 +49,7 @@ def exit_section(by_obj: dict) -> list[str]:
 
 
 def exit_plot(by_obj: dict, plt):
-    objs = {o: [d for d in ds if d["exits"]] for o, ds in by_obj.items()}
-    objs = {o: ds for o, ds in objs.items() if ds}
+    objs = runs_with(by_obj, "exits")
     if not objs:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 
-from huginn_db.run_data import color, fmt, short
+from huginn_db.run_data import color, fmt, runs_with, short
 
 METRICS = (  # (key in text_quality.json, column, format)
     ("mauve", "MAUVE (c=0.2)", ".3f"),
@@ -14,10 +14,6 @@ METRICS = (  # (key in text_quality.json, column, format)
     ("entropy", "entropy", ".2f"),
     ("distinct_2", "distinct-2", ".3f"),
 )
-
-
-def _scored(by_obj: dict) -> dict[str, list[dict]]:
-    return {o: ds for o, ds in ((o, [d for d in ds if d["samples"]]) for o, ds in by_obj.items()) if ds}
 
 
 def _Ks(ds: list[dict]) -> list[str]:
@@ -29,7 +25,7 @@ def _cells(ds: list[dict], K: str, key: str) -> list[float]:
 
 
 def samples_section(by_obj: dict) -> list[str]:
-    objs = _scored(by_obj)
+    objs = runs_with(by_obj, "samples")
     if not objs:
         return []
     runs = [d for ds in objs.values() for d in ds]
@@ -81,7 +77,7 @@ def samples_section(by_obj: dict) -> list[str]:
 
 def samples_plot(by_obj: dict, plt):
     """MAUVE and gen-PPL vs K per objective (means over seeds); None without samples."""
-    objs = _scored(by_obj)
+    objs = runs_with(by_obj, "samples")
     if not objs:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))

@@ -42,6 +42,13 @@ def by_objective(data: list[dict]) -> dict[str, list[dict]]:
     return {o: [d for d in data if d["objective"] == o] for o in names}
 
 
+def runs_with(by_obj: dict, key: str) -> dict[str, list[dict]]:
+    """Per objective, the runs whose record `key` (validation, samples, exits) is non-empty;
+    objectives without any are left out."""
+    kept = {o: [d for d in ds if d[key]] for o, ds in by_obj.items()}
+    return {o: ds for o, ds in kept.items() if ds}
+
+
 def load_run(run: Path) -> dict:
     import yaml
 

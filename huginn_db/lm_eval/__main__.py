@@ -34,8 +34,7 @@ def _precheck(argv: list[str]) -> str | None:
     from lm_eval.utils import simple_parse_args_string
 
     from huginn_db.errors import ConfigError
-    from huginn_db.lm_eval.tasks import check_data_files, check_encodable, task_manager, tokenizer_name
-    from huginn_db.tokenizer import load_tokenizer
+    from huginn_db.lm_eval.tasks import check_data_files, check_encodable, task_manager
 
     ap = argparse.ArgumentParser(add_help=False)
     for flag in ("--model", "--model_args", "--tasks", "--include_path"):
@@ -50,9 +49,7 @@ def _precheck(argv: list[str]) -> str | None:
     try:
         check_data_files(tasks)
         manager = task_manager(tasks, metadata={"checkpoint": model_args["checkpoint"]})
-        check_encodable(
-            tasks, manager, load_tokenizer(model_args["checkpoint"]), tokenizer_name(model_args["checkpoint"])
-        )
+        check_encodable(tasks, manager, model_args["checkpoint"])
     except (ConfigError, ValueError, FileNotFoundError) as err:
         return str(err).strip("'\"")
     return None

@@ -166,24 +166,23 @@ class HuginnLM(TemplateLM):
             ids[i, : len(r)] = torch.tensor(r)
             noise[i, : len(r)] = self.noise(r)[0]
         steps = 1 if self.score_name == "context" else self.num_steps
-        kw, stats = dict(self._sampler_kw), {}
-        if self.exit is not None and steps > 1:
-            kw.update(exit=self.exit, stats=stats)
+        kw = dict(self._sampler_kw, exit=self.exit) if self.exit is not None and steps > 1 else dict(self._sampler_kw)
+        lengths = torch.tensor([len(r) for r in rows])
         with self._autocast():
             if self.kv_slots is None:
-                logits = self.objective.logits(self.model, ids.to(self._device), steps, noise=noise, **kw)
+                stats = {} if "exit" in kw else None
+                logits = self.objective.logits(self.model, ids.to(self._device), steps, noise=noise, stats=stats, **kw)
+                if stats:
+                    self._count(stats["iterations"].cpu()[torch.arange(T)[None, :] < lengths[:, None]])
             else:  # one position per pass through a cache of kv_slots iterations, as generation runs
-                cache, parts, lengths = KVCache(self.kv_slots), [], torch.tensor([len(r) for r in rows])
+                cache, parts = KVCache(self.kv_slots), []
                 for t in range(T):
-                    own = {**kw, "stats": {}} if stats is kw.get("stats") else kw
+                    stats = {} if "exit" in kw else None
                     x, n = ids[:, t : t + 1].to(self._device), noise[:, t : t + 1]
-                    parts.append(self.objective.logits(self.model, x, steps, noise=n, cache=cache, **own))
-                    if "stats" in own:
-                        self._count(own["stats"]["iterations"].cpu()[lengths > t])
-                logits, stats = torch.cat(parts, dim=1), {}
-        if stats:
-            real = torch.arange(T)[None, :] < torch.tensor([len(r) for r in rows])[:, None]
-            self._count(stats["iterations"].cpu()[real])
+                    parts.append(self.objective.logits(self.model, x, steps, noise=n, cache=cache, stats=stats, **kw))
+                    if stats:
+                        self._count(stats["iterations"].cpu()[lengths > t])
+                logits = torch.cat(parts, dim=1)
         return F.log_softmax(logits.float(), dim=-1)
 
     def _count(self, used: torch.Tensor) -> None:

@@ -97,12 +97,9 @@ def default_tasks(cfg) -> list[str]:
     """The recipe's own benchmark: one task per test difficulty of its reasoning family (the
     difficulty × depth matrix of the report), or validation perplexity for text."""
     if cfg.data.name != "reasoning":  # the local perplexity task over the run's own text, if one is
-        import re
-
         files = " ".join(cfg.data.text.files)
         for task in ("tinystories_local", "lm1b_local", "wikitext2_local"):
-            paths = re.findall(r"\$\{HUGINN_DB_DATA\}/([^\"'\s]+)", (TASKS_SRC / f"{task}.yaml").read_text())
-            if any(p in files for p in paths):
+            if any(p in files for p in local_data_paths(task)):
                 return [task]
         return ["tinystories_local"]
     r = cfg.data.reasoning
@@ -147,12 +144,11 @@ def evaluate(
     from lm_eval import simple_evaluate
 
     from huginn_db.lm_eval.model import HuginnLM
-    from huginn_db.tokenizer import load_tokenizer
 
     # as lm-eval's CLI does with model_args: the reasoning tasks read the checkpoint's recipe
     manager = task_manager(tasks, data_root, {"checkpoint": str(checkpoint)})
     check_data_files(tasks, data_root)  # before any work: every refusal comes first
-    check_encodable(tasks, manager, load_tokenizer(checkpoint), tokenizer_name(checkpoint))
+    check_encodable(tasks, manager, checkpoint)
     lm = HuginnLM(str(checkpoint), **(model_args or {}))
     results = {}
     for K in num_steps_list:
@@ -248,25 +244,22 @@ def main_eval(argv: list[str]) -> int:
 # --- checks before anything is scored --------------------------------------------------------
 
 
-def tokenizer_name(checkpoint: str | Path) -> str:
-    """How an error names a checkpoint's tokenizer."""
-    from huginn_db.tokenizer import load_tokenizer
+def local_data_paths(task: str) -> list[str]:
+    """The ${HUGINN_DB_DATA}-relative paths a local task's YAML names ([] for other tasks)."""
+    import re
 
-    tok = load_tokenizer(checkpoint)
-    return f"{tok.name}, {tok.vocab_size} tokens, of {checkpoint}"
+    src = TASKS_SRC / f"{task}.yaml"
+    if not src.is_file():
+        return []
+    return re.findall(r"\$\{HUGINN_DB_DATA\}/([^\"'\s]+)", src.read_text(encoding="utf-8"))
 
 
 def check_data_files(tasks: list[str], data_root: str | Path | None = None) -> None:
     """ConfigError naming the first local task whose data file is missing, the data root used
     and how to point at another one (lm-eval would fail mid-run with a traceback)."""
-    import re
-
     root = Path(data_root).resolve() if data_root else default_data_root()
     for task in tasks:
-        src = TASKS_SRC / f"{task}.yaml"
-        if not src.is_file():
-            continue
-        for rel in re.findall(r"\$\{HUGINN_DB_DATA\}/([^\"'\s]+)", src.read_text(encoding="utf-8")):
+        for rel in local_data_paths(task):
             path = root / rel
             if "." in Path(rel).name and not path.is_file():  # data_files entries (dataset_path is a folder)
                 stock = (
@@ -294,9 +287,12 @@ def _unencodable(tok, text: str) -> str | None:
     return text[:20]  # no single character fails: a sequence does
 
 
-def check_encodable(tasks: list[str], manager, tok, tok_name: str, sample: int = 25) -> None:
+def check_encodable(tasks: list[str], manager, checkpoint: str | Path, sample: int = 25) -> None:
     """ConfigError naming the first task whose inputs (prompts, targets, choices of the first
-    `sample` documents) the model's tokenizer cannot encode, and the first such character."""
+    `sample` documents) the checkpoint's tokenizer cannot encode, and the first such character."""
+    from huginn_db.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(checkpoint)
     import logging
 
     quiet = logging.getLogger("lm_eval")  # its task-loading notes come again when the tasks run
@@ -315,6 +311,7 @@ def check_encodable(tasks: list[str], manager, tok, tok_name: str, sample: int =
             for text in texts:
                 if isinstance(text, str) and (ch := _unencodable(tok, text)) is not None:
                     raise ConfigError(
-                        f"task {task.config.task or name}: the model's tokenizer ({tok_name}) cannot encode {ch!r} "
+                        f"task {task.config.task or name}: the model's tokenizer ({tok.name}, {tok.vocab_size} tokens, "
+                        f"of {checkpoint}) cannot encode {ch!r} "
                         f"(in {text[:40]!r}); score it with a model whose tokenizer reads its text"
                     )

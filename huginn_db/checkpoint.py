@@ -152,6 +152,52 @@ def publish(ckpt: Path, tag: str, meta: dict) -> None:
     write_atomic(ckpt / "latest", tag)
 
 
+UNIVERSAL_SUFFIX = "-universal"
+
+
+def to_universal(ckpt: Path, tag: str) -> str:
+    """DeepSpeed's universal form of checkpoint `tag` (optimizer state per parameter, not per
+    rank), which any world size can load; converted once, next to it, as <tag>-universal/ with
+    its own manifest, written as .tmp-<tag>-universal/ and renamed (a crash leaves no half copy).
+    Returns its tag. Rank 0 only."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    out = tag + UNIVERSAL_SUFFIX
+    if verify(ckpt / out) is None:
+        return out
+    shutil.rmtree(ckpt / out, ignore_errors=True)  # damaged: convert again from the source
+    tmp = ckpt / (TMP_PREFIX + out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    args = SimpleNamespace(
+        input_folder=str(ckpt / tag),
+        output_folder=str(tmp),
+        num_extract_workers=1,  # in-process: no worker pool inside a training rank
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,  # plain data parallelism: no tensor-parallel slicing to record
+    )
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            ds_to_universal(args)
+    except Exception as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not convert {ckpt / tag} to DeepSpeed's universal format: {err}") from None
+    stray = ckpt / "latest_universal"  # DeepSpeed's pointer, naming the temporary directory
+    if stray.is_file() and stray.read_text().strip() == tmp.name:
+        stray.unlink()
+    meta = {k: v for k, v in read_manifest(ckpt / tag).items() if k != "files"}
+    write_manifest(tmp, {**meta, "universal_of": tag})
+    tmp.replace(ckpt / out)
+    _fsync_dir(ckpt)
+    return out
+
+
 def latest_tag(run_dir: str | Path) -> str:
     """The newest complete checkpoint (falling back past damaged ones, with a warning)."""
     ckpt = Path(run_dir) / "checkpoints"

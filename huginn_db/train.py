@@ -116,6 +116,8 @@ def setup(cfg: RunConfig) -> Trainer:
     ds_config = deepspeed_config(cfg, world)
     checkpointer = Checkpointer(Path(cfg.run_dir), cfg, world, objective)
     resume_tag = checkpointer.resume_point(config_stage(ds_config))
+    if checkpointer.universal:  # another world size under ZeRO: DeepSpeed re-splits the state
+        ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
     if cfg.init_from and resume_tag is None:  # a resumed run continues from its own checkpoint
         from huginn_db.interop import initial_weights
 

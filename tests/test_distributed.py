@@ -120,6 +120,46 @@ def test_killed_run_resumes_to_identical_result(objective, stage, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def _cut(run: Path, src: Path, tag: str) -> None:
+    """`run` = `src` as if it had died right after saving `tag` (later checkpoints gone)."""
+    shutil.copytree(src, run)
+    ckpt = run / "checkpoints"
+    for p in ckpt.glob("step*"):
+        if p.name != tag:
+            shutil.rmtree(p)
+    (ckpt / "latest").write_text(tag)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_resume_on_another_world_size_continues_the_run(stage, tmp_path):
+    """2 ranks → 1 → 2 under ZeRO-N, keeping the global batch (train.grad_accum makes up the
+    ranks): the universal checkpoint re-splits the optimizer state, every step trains the
+    samples it would have, and loss and weights follow the uninterrupted run."""
+    common = [
+        "train.max_steps=12",
+        "train.micro_batch_size=8",
+        "train.save_every=4",
+        f"deepspeed=deepspeed/zero{stage}.json",
+    ]
+    full, run = tmp_path / "full", tmp_path / "run"
+    launch("db", full, *common, nproc=2)
+    _cut(run, full, "step4")
+    one = launch("db", run, *common, "train.grad_accum=2", "resume=auto")  # 2 → 1: steps 5–12
+    assert "loading its universal form" in one.stderr
+    assert (run / "checkpoints" / "step4-universal" / "zero").is_dir()
+    shutil.rmtree(run / "checkpoints" / "step12")
+    (run / "checkpoints" / "latest").write_text("step8")  # as if it had died after step 8
+    launch("db", run, *common, "resume=auto", nproc=2)  # 1 → 2: steps 9–12
+
+    a, b = metrics(full), metrics(run)
+    assert [r["step"] for r in b] == list(range(1, 13))
+    for x, y in zip(a, b):
+        assert x["tokens"] == y["tokens"] and abs(x["loss"] - y["loss"]) < 1e-5, (x["step"], x["loss"], y["loss"])
+    wa, wb = consolidated_state_dict(full), consolidated_state_dict(run)
+    assert wa.keys() == wb.keys()
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
 def test_deep_supervision_two_process_zero3_resume_carries_every_slot_state(tmp_path):
     """Resume from an earlier checkpoint of a 2-rank ZeRO-3 run: each rank reloads its slots'
     carried states, and the rest of the run repeats exactly."""

@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from huginn_db.checkpoint import MANIFEST, consolidated_state_dict, verify
+from huginn_db.checkpoint import MANIFEST, consolidated_state_dict, find_checkpoint, read_manifest, to_universal, verify
 from tests.conftest import RECIPES, clean_env, free_port, metrics, snapshot, train_command
 from tests.test_distributed import TINY
 
@@ -306,19 +306,56 @@ def test_a_dead_rank_makes_the_other_exit_with_a_message(tmp_path):
     assert verify(run / "checkpoints" / (run / "checkpoints" / "latest").read_text()) is None
 
 
-def test_resume_on_fewer_ranks_under_zero2_is_refused(tmp_path):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def two_rank_zero2(tmp_path_factory):
+    run = tmp_path_factory.mktemp("zero2") / "run"
     ok(train(run, "train.max_steps=2", "deepspeed=deepspeed/zero2.json", nproc=2))
+    return run
+
+
+def test_resume_with_another_global_batch_is_refused_with_the_setting_that_keeps_it(two_rank_zero2, tmp_path):
+    """Step s trains samples [s·G, (s+1)·G): 2 ranks × 8 → 1 rank × 8 would skip half an epoch."""
+    run = _copy(two_rank_zero2, tmp_path)
     before = snapshot(run)
     proc = train(run, "train.max_steps=4", "deepspeed=deepspeed/zero2.json", "resume=auto")
     assert proc.returncode == 2
-    assert "checkpoint step2 was written by 2 ranks under ZeRO-2, this run has 1" in error_line(proc)
+    line = error_line(proc)
+    assert "checkpoint step2 trained with a global batch of 16 samples per step" in line
+    assert "8 × 1 × 1 ranks = 8" in line and "train.grad_accum=2" in line
     assert snapshot(run) == before
+
+
+def test_resume_on_another_world_size_and_zero_stage_at_once_is_refused(two_rank_zero2, tmp_path):
+    run = _copy(two_rank_zero2, tmp_path)
+    before = snapshot(run)
+    proc = train(run, "train.max_steps=4", "deepspeed=deepspeed/zero1.json", "train.grad_accum=2", "resume=auto")
+    assert proc.returncode == 2
+    assert "written under ZeRO-2 by 2 ranks, this run is ZeRO-1 on 1" in error_line(proc)
+    assert snapshot(run) == before
+
+
+def test_universal_conversion_is_verified_and_redone_when_damaged(two_rank_zero2, tmp_path):
+    ckpt = _copy(two_rank_zero2, tmp_path) / "checkpoints"
+    tag = to_universal(ckpt, "step2")
+    assert tag == "step2-universal" and verify(ckpt / tag) is None
+    assert read_manifest(ckpt / tag)["universal_of"] == "step2"
+    assert not list(ckpt.glob(".tmp-*")) and not (ckpt / "latest_universal").exists()
+
+    def files():
+        return {str(p.relative_to(ckpt)): p.read_bytes() for p in (ckpt / tag).rglob("*.pt")}
+
+    first = files()
+    victim = next((ckpt / tag / "zero").rglob("exp_avg.pt"))
+    victim.write_bytes(victim.read_bytes()[:-8])
+    assert verify(ckpt / tag) is not None
+    assert to_universal(ckpt, "step2") == tag and verify(ckpt / tag) is None
+    assert files() == first
+    assert find_checkpoint(ckpt)[0] == "step2"  # never a resume candidate itself
 
 
 def test_resume_on_fewer_ranks_under_zero0_works(tmp_path):
     run = tmp_path / "run"
     ok(train(run, "train.max_steps=2", nproc=2))
-    proc = ok(train(run, "train.max_steps=4", "resume=auto"))
+    proc = ok(train(run, "train.max_steps=4", "train.grad_accum=2", "resume=auto"))
     assert "resumed from step2 (step 2)" in proc.stderr
     assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4]

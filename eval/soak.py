@@ -204,7 +204,9 @@ def main() -> int:
     rng, out = random.Random(args.seed), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    print("| objective | ranks | ZeRO | runs | kills | kill points | unusable checkpoints | final weights | losses | s |")
+    print(
+        "| objective | ranks | ZeRO | runs | kills | kill points | unusable checkpoints | final weights | losses | s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for objective in args.objectives:
         r = soak(args, objective, rng, out)

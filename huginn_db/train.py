@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -291,5 +292,20 @@ def command(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def exit_now(code: int) -> None:
+    """End a launched rank without interpreter finalisation.
+
+    After the last barrier and destroy_process_group everything is on disk; what is left is
+    finalisation, where gloo's and DeepSpeed's C++ threads are destroyed in whatever order the
+    interpreter frees them. A still-joinable std::thread there aborts the process ("terminate
+    called without an active exception", SIGABRT), so a run that finished would report failure
+    to its launcher. os._exit skips that teardown; the exit code is the run's.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
+if __name__ == "__main__":  # the launchers' entry (deepspeed --module, srun python -m)
+    exit_now(main())

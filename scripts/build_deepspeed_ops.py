@@ -8,6 +8,24 @@ Never fails the install: a failed build only means the first run builds it (or f
 """
 
 import sys
+import time
+from pathlib import Path
+
+STALE_S = 15 * 60  # a build takes 2-3 min; a lock this old was left by a killed build
+
+
+def clear_stale_lock() -> None:
+    """torch's extension builder waits forever on the `lock` file a killed build leaves behind
+    (every later DeepSpeed init on CPU then hangs silently): remove one that is clearly stale."""
+    try:  # a private torch helper: where it is gone, leave the lock to torch
+        from torch.utils.cpp_extension import _get_build_directory
+
+        lock = Path(_get_build_directory("deepspeed_shm_comm", verbose=False)) / "lock"
+    except (ImportError, TypeError):
+        return
+    if lock.exists() and time.time() - lock.stat().st_mtime > STALE_S:
+        print(f"deepspeed_shm_comm: removing a stale build lock ({lock})")
+        lock.unlink(missing_ok=True)
 
 
 def main() -> int:
@@ -30,6 +48,7 @@ def main() -> int:
                 builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
                 return builder.load() if builder is not None else None
 
+        clear_stale_lock()
         print(
             "deepspeed_shm_comm: building/loading DeepSpeed's CPU collective op (a few minutes the first time)",
             flush=True,

@@ -7,7 +7,8 @@ same run never interrupted.
 
 A run (tiny model, a checkpoint every step) is started, killed, resumed with resume=auto, killed
 again, ... until it reaches train.max_steps. Each start draws where its kill lands:
-  step      SIGKILL from outside after a random delay (any step, any moment, saves included)
+  step      SIGKILL from outside at a random moment after a random step's metrics row: in the
+            next step's training, the save of that step, or the final evaluation
   write     inside DeepSpeed's save: the process kills itself after its k-th torch.save of a
             checkpoint file (some rank files written, others not)
   manifest  every rank has written, before the manifest exists
@@ -134,6 +135,30 @@ def audit(run: Path, published: bool) -> list[str]:
     return bad
 
 
+def resumed_at(run: Path) -> int:
+    """The step a start with resume=auto continues from (0: from scratch)."""
+    ckpt = run / "checkpoints"
+    tag = find_checkpoint(ckpt)[0] if ckpt.is_dir() else None
+    return tag_step(tag) if tag else 0
+
+
+def kill_during(proc: subprocess.Popen, run: Path, step: int, delay: float) -> None:
+    """SIGKILL the start's process group `delay` s after metrics.jsonl first shows `step` (a delay
+    past one step's time lands in the next step or its save; the end run may finish first)."""
+    metrics, started = run / "metrics.jsonl", time.time()
+    while proc.poll() is None:
+        try:  # rows of this start only: resume rewrites the file without the rows past its checkpoint
+            rows = metrics.read_text().splitlines() if metrics.stat().st_mtime >= started else []
+        except OSError:
+            rows = []
+        if any(json.loads(r).get("step", 0) >= step for r in rows[-3:] if r.endswith("}")):
+            time.sleep(delay)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            return
+        time.sleep(0.005)
+
+
 def losses(run: Path) -> list[tuple[int, float]]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r["loss"]) for r in rows if "loss" in r]
@@ -145,7 +170,7 @@ def soak(args, objective: str, rng: random.Random, out: Path) -> dict:
         shutil.rmtree(d, ignore_errors=True)
     t0 = time.perf_counter()
     run_to_end(command(args, ref, objective, [], None))
-    ref_seconds = time.perf_counter() - t0
+    step_seconds = max(json.loads((ref / "eval" / "final.json").read_text())["train_seconds"] / args.steps, 0.01)
     a, la = consolidated_state_dict(ref), losses(ref)
     points, unusable, kills, runs, equal, same_losses = Counter(), [], 0, 0, True, True
     while kills < args.kills:  # one run: killed and resumed until it reaches max_steps
@@ -159,11 +184,8 @@ def soak(args, objective: str, rng: random.Random, out: Path) -> dict:
             proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                     text=True, start_new_session=True)  # fmt: skip
             starts += 1
-            if point == "step":  # a random moment of this start: any step, a save, the final eval
-                try:
-                    proc.wait(timeout=rng.uniform(1.0, ref_seconds))
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+            if point == "step":  # a random moment of a random step of this start: training, a save, the final eval
+                kill_during(proc, run, rng.randint(resumed_at(run) + 1, args.steps), rng.uniform(0.0, step_seconds))
             _, err = proc.communicate(timeout=600)
             if proc.returncode == 0:  # this start reached the end before its kill point
                 break

@@ -98,6 +98,26 @@ def test_kv_slots_beyond_the_depth_equal_the_plain_cache_and_fewer_save_memory(k
         KVCache(0)
 
 
+@pytest.mark.parametrize("kind", OBJECTIVES)
+def test_a_tokenwise_prefill_decodes_what_a_parallel_one_does_and_lets_shared_slots_act_on_the_prompt(kind):
+    obj, model = OBJECTIVES[kind]()
+    ids = _prompt(T=5)
+    plain = generate(obj, model, ids, 6, -1, num_steps=4, seed=[1, 2, 3])
+    for slots in (None, 4):
+        assert torch.equal(
+            generate(obj, model, ids, 6, -1, num_steps=4, seed=[1, 2, 3], kv_slots=slots, prefill="tokenwise"), plain
+        )
+    # one slot: in a parallel prefill the positions still meet at every iteration, position by position they do not
+    noise, last = _noise(obj, model, ids), {}
+    for prefill in ("parallel", "tokenwise"):
+        cache, spans = KVCache(1), [slice(0, 5)] if prefill == "parallel" else [slice(t, t + 1) for t in range(5)]
+        for s in spans:
+            last[prefill] = obj.logits(model, ids[:, s], 4, noise=noise[:, s], cache=cache)[:, -1]
+    assert not torch.allclose(last["parallel"], last["tokenwise"], atol=1e-4)
+    with pytest.raises(ValueError, match="prefill"):
+        generate(obj, model, ids, 2, -1, num_steps=4, prefill="rowwise")
+
+
 def test_lm_eval_takes_exit_and_kv_slots_and_reports_the_iterations_used(tmp_path):
     from huginn_db.lm_eval import HuginnLM, evaluate
     from huginn_db.tokenizer import CharTokenizer

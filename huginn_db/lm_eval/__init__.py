@@ -12,7 +12,8 @@ sampler=euler|heun (DB), seed=0, batch_size=8 (wins over --batch_size), dtype=fl
 where there is none; one GPU per rank under a launcher), score=context|final (DB), max_gen_toks=256,
 exit=kl:5e-4|entropy:X|latent:X|argmax:N (adaptive exit per position, num_steps the maximum;
 huginn_db.objectives.adaptive; `evaluate` adds results["huginn_db"]["mean_iterations"]),
-kv_slots=N (generation's KV cache keeps N iterations per position, Huginn's compress-sN).
+kv_slots=N (generation's KV cache keeps N iterations per position, Huginn's compress-sN),
+prefill=parallel|tokenwise (a generation prompt in one pass, or one position per pass through the cache).
 
 Scores (`score_name` says which one a run used)
   recurrence  BPTT: log-probs of the recurrence run for r = num_steps iterations.

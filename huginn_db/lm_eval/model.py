@@ -58,6 +58,7 @@ class HuginnLM(TemplateLM):
         max_gen_toks: int = 256,
         exit: str | None = None,
         kv_slots: int | str | None = None,
+        prefill: str = "parallel",
     ):
         super().__init__()
         cfg, model, objective = load_run(checkpoint)
@@ -87,6 +88,9 @@ class HuginnLM(TemplateLM):
         # adaptive exit: num_steps is then the maximum depth; iterations used are counted
         self.exit = ExitRule.parse(exit)
         self.kv_slots = None if kv_slots in (None, "", "none") else int(kv_slots)
+        if prefill not in ("parallel", "tokenwise"):
+            raise ValueError(f"prefill must be parallel|tokenwise, got {prefill!r}")
+        self.prefill = prefill  # tokenwise: a generation prompt enters the cache one position per pass
         self._iterations = [0, 0]  # iterations run, positions scored (adaptive exit)
         self.kv_bytes_per_token: float | None = None  # generation's KV cache, largest seen
         self.seed, self.batch_size, self.max_gen_toks = int(seed), int(batch_size), int(max_gen_toks)
@@ -311,6 +315,7 @@ class HuginnLM(TemplateLM):
             sampling=sampling,
             sample_seeds=sample_seeds,
             kv_slots=self.kv_slots,
+            prefill=self.prefill,
             **kw,
         )
         with self._autocast():

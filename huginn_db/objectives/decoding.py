@@ -96,6 +96,7 @@ def next_tokens(
     sampling: Sampling | None = None,
     sample_seeds: Sequence[int] | None = None,
     kv_slots: int | None = None,
+    prefill: str = "parallel",
     **kw,
 ) -> Iterator[torch.Tensor]:
     """Yields the next token of every row (B,), step after step; the caller stops. Greedy
@@ -108,8 +109,12 @@ def next_tokens(
     function of its seeds alone. kv_slots: the cache's iteration slots (huginn_db.kv_cache). With
     the cache a step runs the newest position only; without it a step reruns the whole sequence
     with the same draws — the same tokens and logits (up to float rounding) at O(length) times
-    the core work.
+    the core work. prefill="tokenwise" runs the prompt through the cache one position per pass,
+    as if it had been generated: in a parallel prefill every position's iteration t attends to
+    iteration t of the others, so a shared cache (kv_slots) only acts on what is decoded later.
     """
+    if prefill not in ("parallel", "tokenwise"):
+        raise ValueError(f"prefill must be parallel|tokenwise, got {prefill!r}")
     m = unwrap(model)
     B = prompt_ids.shape[0]
     sampling = sampling or Sampling()
@@ -130,6 +135,11 @@ def next_tokens(
     while True:
         if cache is None:
             logits = objective.logits(model, ids, num_steps, noise=noise, **kw)
+        elif prefill == "tokenwise" and cache.length == 0:
+            for t in range(new_ids.shape[1]):
+                logits = objective.logits(
+                    model, new_ids[:, t : t + 1], num_steps, noise=new_noise[:, t : t + 1], cache=cache, **kw
+                )
         else:
             logits = objective.logits(model, new_ids, num_steps, noise=new_noise, cache=cache, **kw)
             if isinstance(kw.get("stats"), dict):  # decode memory: cached bytes per position of a row

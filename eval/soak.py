@@ -184,11 +184,10 @@ def soak(args, objective: str, rng: random.Random, out: Path) -> dict:
             proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                     text=True, start_new_session=True)  # fmt: skip
             starts += 1
-            if point == "step":  # a random moment of a random step of this start: training, a save, the final eval
-                step = rng.randint(
-                    min(resumed_at(run) + 1, args.steps), args.steps
-                )  # a start after the last save: its eval
-                kill_during(proc, run, step, rng.uniform(0.0, step_seconds))
+            # a random moment of a random step of this start: training, a save, the final eval; a start
+            # from the last checkpoint only evaluates, longer than a step: killing it too would never end
+            if point == "step" and (done := resumed_at(run)) < args.steps:
+                kill_during(proc, run, rng.randint(done + 1, args.steps), rng.uniform(0.0, step_seconds))
             _, err = proc.communicate(timeout=600)
             if proc.returncode == 0:  # this start reached the end before its kill point
                 break

@@ -19,6 +19,8 @@ as the fault tests do). After every kill each stepN/ directory must pass its man
 resume=auto must find a checkpoint once one was published. At the end the final weights must be
 torch.equal to the uninterrupted run's and metrics.jsonl must hold the same losses, step by step.
 Prints one row per objective: kills, kill points hit, checkpoints found unusable, losses.
+The /dev/shm files that appear during a start are removed after it (killed ranks leave theirs):
+run the soak alone on its machine.
 """
 
 from __future__ import annotations
@@ -120,6 +122,20 @@ def env() -> dict:
     return e
 
 
+SHM = Path("/dev/shm")
+
+
+def shm_entries() -> set[Path]:
+    return set(SHM.iterdir()) if SHM.is_dir() else set()
+
+
+def drop_shm(before: set[Path]) -> None:
+    """Remove the shared-memory files a killed start left (DeepSpeed's CPU collectives map them
+    per process; SIGKILLed ranks never unlink theirs, and hundreds of starts fill /dev/shm)."""
+    for p in shm_entries() - before:
+        p.unlink(missing_ok=True)
+
+
 def run_to_end(cmd, timeout=600) -> None:
     proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
@@ -181,6 +197,7 @@ def soak(args, objective: str, rng: random.Random, out: Path) -> dict:
             k = rng.randint(1, 6 if point == "write" else 3)
             prelude = None if point == "step" else PRELUDE.format(point=point, k=k)
             cmd = command(args, run, objective, ["resume=auto"] if starts else [], prelude)
+            shm_before = shm_entries()
             proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                     text=True, start_new_session=True)  # fmt: skip
             starts += 1
@@ -189,6 +206,7 @@ def soak(args, objective: str, rng: random.Random, out: Path) -> dict:
             if point == "step" and (done := resumed_at(run)) < args.steps:
                 kill_during(proc, run, rng.randint(done + 1, args.steps), rng.uniform(0.0, step_seconds))
             _, err = proc.communicate(timeout=600)
+            drop_shm(shm_before)
             if proc.returncode == 0:  # this start reached the end before its kill point
                 break
             if proc.returncode != -signal.SIGKILL and not (args.nproc > 1 and proc.returncode < 0):

@@ -23,6 +23,7 @@ from huginn_db.kv_cache import KVCache
 from huginn_db.objectives import Sampling, next_tokens
 from huginn_db.objectives.adaptive import ExitRule
 from huginn_db.objectives.base import seed_of
+from huginn_db.objectives.decoding import PREFILLS
 from huginn_db.tokenizer import load_tokenizer
 
 log = logging.getLogger("huginn_db.lm_eval")
@@ -88,8 +89,8 @@ class HuginnLM(TemplateLM):
         # adaptive exit: num_steps is then the maximum depth; iterations used are counted
         self.exit = ExitRule.parse(exit)
         self.kv_slots = None if kv_slots in (None, "", "none") else int(kv_slots)
-        if prefill not in ("parallel", "tokenwise"):
-            raise ValueError(f"prefill must be parallel|tokenwise, got {prefill!r}")
+        if prefill not in PREFILLS:  # refused before any request is scored
+            raise ValueError(f"prefill must be {'|'.join(PREFILLS)}, got {prefill!r}")
         self.prefill = prefill  # tokenwise: a generation prompt enters the cache one position per pass
         self._iterations = [0, 0]  # iterations run, positions scored (adaptive exit)
         self.kv_bytes_per_token: float | None = None  # generation's KV cache, largest seen

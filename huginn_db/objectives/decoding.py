@@ -86,6 +86,9 @@ class Sampling:
         return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)]).to(logits.device)
 
 
+PREFILLS = ("parallel", "tokenwise")  # how a prompt enters the KV cache (next_tokens)
+
+
 def next_tokens(
     objective,
     model,
@@ -113,8 +116,8 @@ def next_tokens(
     as if it had been generated: in a parallel prefill every position's iteration t attends to
     iteration t of the others, so a shared cache (kv_slots) only acts on what is decoded later.
     """
-    if prefill not in ("parallel", "tokenwise"):
-        raise ValueError(f"prefill must be parallel|tokenwise, got {prefill!r}")
+    if prefill not in PREFILLS:
+        raise ValueError(f"prefill must be {'|'.join(PREFILLS)}, got {prefill!r}")
     m = unwrap(model)
     B = prompt_ids.shape[0]
     sampling = sampling or Sampling()
@@ -135,13 +138,13 @@ def next_tokens(
     while True:
         if cache is None:
             logits = objective.logits(model, ids, num_steps, noise=noise, **kw)
-        elif prefill == "tokenwise" and cache.length == 0:
-            for t in range(new_ids.shape[1]):
+        else:  # after the prompt every pass is one position wide, whatever the prefill
+            width = 1 if prefill == "tokenwise" else new_ids.shape[1]
+            for t in range(0, new_ids.shape[1], width):
+                span = slice(t, t + width)
                 logits = objective.logits(
-                    model, new_ids[:, t : t + 1], num_steps, noise=new_noise[:, t : t + 1], cache=cache, **kw
+                    model, new_ids[:, span], num_steps, noise=new_noise[:, span], cache=cache, **kw
                 )
-        else:
-            logits = objective.logits(model, new_ids, num_steps, noise=new_noise, cache=cache, **kw)
             if isinstance(kw.get("stats"), dict):  # decode memory: cached bytes per position of a row
                 kw["stats"]["kv_bytes_per_token"] = cache.nbytes() / (cache.length * B)
         nxt = sampling.pick(logits[:, -1], picks)

@@ -62,7 +62,7 @@ study-text: $(OPS) runs/tokenizers/tinystories-4k/tokenizer.model
 	    data.text.split_seed=0 data.text.val_fraction=0.1 train.max_steps=200 train.save_every=100
 
 study-lm1b: $(OPS) runs/tokenizers/lm1b-8k/tokenizer.model
-	HUGINN_DB_DATA=$(DATA) $(TEXT) recipes/paper-lm1b-cpu-db.yaml --seeds 0 --out runs/study-lm1b \
+	HUGINN_DB_DATA=$(DATA) $(TEXT) recipes/paper-lm1b-cpu-db.yaml --seeds 0 1 2 --out runs/study-lm1b \
 	    --objectives bptt diffusion_blocks
 
 test: $(OPS)

@@ -102,7 +102,7 @@ def command(args, run: Path, objective: str, extra: list[str], prelude: str | No
         f"run_dir={run}",
         f"objective.name={objective}",
         f"train.max_steps={args.steps}",
-        f"deepspeed=deepspeed/zero{args.zero}.json",
+        f"deepspeed=deepspeed/zero{args.zero}{'-cpu' if args.zero == 3 else ''}.json",  # CPU ranks
         *TINY,
         *extra,
     ]

@@ -43,7 +43,8 @@ class ModelConfig:
     sigma_embed_dim: int = 128
     """Width of the σ embedding behind AdaLN-Zero (cos and sin halves, so even)."""
     attention: AttentionBackend = "auto"
-    """Attention kernel: auto (xformers on CUDA tensors where importable, else SDPA) | sdpa | xformers."""
+    """Attention kernel: auto (xformers on CUDA tensors where it imports and a probe call matches
+    SDPA, else SDPA with one warning) | sdpa | xformers (fails where the probe does)."""
     checkpoint_core: bool = False
     """BPTT: recompute each grad core iteration in backward instead of keeping its activations
     (activation checkpointing per iteration, as Huginn trains); costs one more core forward."""

@@ -44,7 +44,14 @@ def launch(objective: str, run: Path, *overrides: str, nproc: int = 1, wait: boo
 
 @pytest.mark.parametrize(
     "objective,stage",
-    [("db", "3"), ("bptt", "3"), ("db", "1"), ("bptt", "2"), ("db", "2-offload"), ("deep_supervision", "3")],
+    [
+        ("db", "3-cpu"),
+        ("bptt", "3-cpu"),
+        ("db", "1"),
+        ("bptt", "2"),
+        ("db", "2-offload"),
+        ("deep_supervision", "3-cpu"),
+    ],
 )
 def test_two_process_zero(objective, stage, tmp_path):
     run = tmp_path / "run"
@@ -89,7 +96,7 @@ def test_two_process_loss_curve_matches_one_process(objective, tmp_path):
     assert a[0]["loss"] != a[-1]["loss"]  # it actually trained
 
 
-@pytest.mark.parametrize("objective,stage", [("bptt", 0), ("bptt", 3), ("deep_supervision", 0)])
+@pytest.mark.parametrize("objective,stage", [("bptt", "0"), ("bptt", "3-cpu"), ("deep_supervision", "0")])
 def test_killed_run_resumes_to_identical_result(objective, stage, tmp_path):
     common = [
         "train.max_steps=12",
@@ -130,7 +137,7 @@ def _cut(run: Path, src: Path, tag: str) -> None:
     (ckpt / "latest").write_text(tag)
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("stage", ["1", "2", "3-cpu"])
 def test_resume_on_another_world_size_continues_the_run(stage, tmp_path):
     """2 ranks → 1 → 2 under ZeRO-N, keeping the global batch (train.grad_accum makes up the
     ranks): the universal checkpoint re-splits the optimizer state, every step trains the
@@ -167,7 +174,7 @@ def test_deep_supervision_two_process_zero3_resume_carries_every_slot_state(tmp_
         "train.max_steps=6",
         "train.micro_batch_size=4",
         "train.save_every=3",
-        "deepspeed=deepspeed/zero3.json",
+        "deepspeed=deepspeed/zero3-cpu.json",
         "objective.deep_supervision.segments=4",
     ]
     run = tmp_path / "run"

@@ -16,10 +16,10 @@ def test_attention_backend_selection():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert select_attention_backend("auto", cpu) == "sdpa"  # xformers has no CPU kernels
     assert select_attention_backend("sdpa", cuda) == "sdpa"
-    with mock.patch.object(A, "xformers_available", return_value=True):
+    with mock.patch.object(A, "xformers_problem", return_value=None):
         assert select_attention_backend("auto", cuda) == "xformers"
         assert select_attention_backend("auto", cpu) == "sdpa"
-    with mock.patch.object(A, "xformers_available", return_value=False):
+    with mock.patch.object(A, "xformers_problem", return_value="import xformers.ops failed"):
         assert select_attention_backend("auto", cuda) == "sdpa"
         with pytest.raises(RuntimeError, match="xformers"):
             select_attention_backend("xformers", cuda)

@@ -53,6 +53,11 @@ def evaluation_model(engine, cfg: RunConfig, rank: int):
         state = {k: v.detach().clone() for k, v in engine.module.state_dict().items()} if rank == 0 else None
     if rank != 0:
         return None
-    model = RecurrentDepthLM(cfg.model)
-    model.load_state_dict(state)
+    with torch.device("meta"):  # no init of weights about to be replaced (minutes at 3.5B)
+        model = RecurrentDepthLM(cfg.model)
+    model.load_state_dict(state, assign=True)
+    for name, buf in list(model.named_buffers()):
+        if buf.is_meta:  # not in the state dict (RoPE tables): the engine's, as it trained with
+            owner, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(owner), leaf, engine.module.get_buffer(name).detach().clone())
     return model.to(engine.device)

@@ -351,11 +351,13 @@ def check_deepspeed_json(cfg: RunConfig, world_size: int | None = None) -> dict:
             f"deepspeed: {path.name} enables fp16, which this trainer does not support; "
             f"remove it and use train.precision=bf16"
         )
-    if (ds.get("bf16") or {}).get("enabled") and cfg.train.precision == "fp32":
-        raise ConfigError(
-            f"deepspeed: {path.name} enables bf16 but train.precision=fp32; "
-            f"set train.precision=bf16 or disable bf16 in the JSON"
-        )
+    for key in ("bf16", "torch_autocast"):
+        if (ds.get(key) or {}).get("enabled"):
+            raise ConfigError(
+                f"deepspeed: {path.name} enables '{key}', but the model's forward owns mixed precision "
+                f"(bf16 autocast over fp32 weights, from train.precision); remove '{key}' from the JSON "
+                f"and set train.precision=bf16"
+            )
     if cfg.model.compile_core and (ds.get("zero_optimization") or {}).get("stage", 0) == 3:
         raise ConfigError(
             "model.compile_core=true is not supported with ZeRO-3 (its parameter hooks break the "

@@ -85,12 +85,13 @@ def sample_sigma(
 
     Sample i falls in band (i + offset) mod B, uniformly in that band's quantile range, so a
     batch covers all bands evenly and each band keeps the right conditional distribution.
-    Returns (σ float32 of shape (n,), band index long of shape (n,)).
+    Returns (σ float32 of shape (n,) on the generator's device, band index long of shape (n,)
+    on the CPU: the bands are fixed by the offset, so reading them costs no device sync).
     """
     q_min, q_max = _q_range(cfg)
     band = (torch.arange(n) + offset) % num_bands
-    u = torch.rand(n, generator=generator, dtype=torch.float64)
-    q = q_min + (band.double() + u) / num_bands * (q_max - q_min)
+    u = torch.rand(n, generator=generator, dtype=torch.float64, device=generator.device if generator else None)
+    q = q_min + (band.to(u.device).double() + u) / num_bands * (q_max - q_min)
     sigma = sigma_from_quantile(q, cfg).clamp(cfg.sigma_min, cfg.sigma_max)
     return sigma.float(), band
 

@@ -197,6 +197,9 @@ class RecurrentDepthLM(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self._compiled: dict = {}  # see compile_core
+        # forward's autocast dtype (None: fp32), set by the trainer from train.precision; here, not
+        # around engine(...), because DeepSpeed >= 0.17.6 turns an outer CUDA autocast off
+        self.autocast_dtype: torch.dtype | None = None
         self.reset_parameters()
 
     # takase init (Huginn): std √(2/5h), output projections / √(2·l_eff), truncated at ±3σ
@@ -250,10 +253,12 @@ class RecurrentDepthLM(nn.Module):
         return x
 
     def initial_state(self, e: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        s = torch.empty(e.shape, dtype=torch.float32, device=e.device)
+        """s₀ ~ truncated N(0, 2/5) of e's shape, drawn on the generator's device (a CPU
+        generator cannot fill a CUDA tensor) and moved to e's."""
+        s = torch.empty(e.shape, dtype=torch.float32, device=generator.device if generator is not None else e.device)
         std = math.sqrt(2.0 / 5.0)
         nn.init.trunc_normal_(s, std=std, a=-3 * std, b=3 * std, generator=generator)
-        return s.to(e.dtype)
+        return s.to(e.device, e.dtype)
 
     def compile_core(self) -> None:
         """torch.compile the core block for cache-free passes (training); decoding with a
@@ -365,7 +370,14 @@ class RecurrentDepthLM(nn.Module):
                 return h.float()
             return torch.softmax(self.decode(h, cond).float(), -1) @ self.clean_embeddings()
 
-    def forward(
+    def forward(self, input_ids, **kw):
+        """Engine entry point (`train_pass`), under autocast to `autocast_dtype` when it is set."""
+        if self.autocast_dtype is None:
+            return self.train_pass(input_ids, **kw)
+        with torch.autocast(input_ids.device.type, dtype=self.autocast_dtype):
+            return self.train_pass(input_ids, **kw)
+
+    def train_pass(
         self,
         input_ids,
         *,
@@ -384,8 +396,7 @@ class RecurrentDepthLM(nn.Module):
         state=None,
         return_state=False,
     ):
-        """Engine entry point: a recurrent pass (num_steps; from `state` when given) or one
-        DiffusionBlocks training pass.
+        """A recurrent pass (num_steps; from `state` when given) or one DiffusionBlocks training pass.
 
         The DB pass builds z = Ê[target] + σ·noise here, inside forward, so that under ZeRO-3
         the (partitioned) embedding is gathered when it is read. With `labels` both return the

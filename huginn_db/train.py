@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ from huginn_db.components.engine import build_engine, config_stage, deepspeed_co
 from huginn_db.components.guard import StepGuard
 from huginn_db.components.metrics import MetricsWriter, prepare_run_dir
 from huginn_db.components.optim import build_optimizer
-from huginn_db.components.precision import autocast_context
+from huginn_db.components.precision import autocast_context, autocast_dtype
 from huginn_db.compute import train_flops
 from huginn_db.config import RunConfig, resolve
 from huginn_db.data import build_corpus
@@ -56,9 +56,14 @@ class Trainer:
     progress: Progress
     resumed: bool
     params: dict
+    preemption: Preemption = field(default_factory=lambda: Preemption(install=False))  # `train` arms one
 
     def train_step(self, step: int) -> dict:
-        """One optimizer step over grad_accum micro-batches; returns the last micro-batch's stats."""
+        """One optimizer step over grad_accum micro-batches; returns the last micro-batch's stats.
+
+        Outside log steps the host waits for the device once per step: the guard's check
+        between the last backward and the update (losses, stats and FLOPs stay or are counted
+        without reading the device)."""
         cfg, engine, p = self.cfg, self.engine, self.progress
         accum = cfg.train.grad_accum
         self.guard.begin(step + 1)
@@ -66,13 +71,14 @@ class Trainer:
             batch = self.objective.train_batch(
                 self.corpus, cfg.train.micro_batch_size, step, micro, self.rank, self.world, accum
             )
-            batch = {k: v.to(engine.device) for k, v in batch.items()}
-            with autocast_context(cfg.train.precision, engine.device):
-                loss, stats = self.objective.loss(engine, batch, step, (step * accum + micro) * self.world + self.rank)
-            self.guard.check_loss(loss, micro)
+            batch = to_device(batch, engine.device)
+            loss, stats = self.objective.loss(engine, batch, step, (step * accum + micro) * self.world + self.rank)
+            self.guard.watch_loss(loss)
             engine.backward(loss)  # a skipped step still runs backward: DeepSpeed counts micro-steps
             if micro == accum - 1:
-                self.guard.check_gradients()
+                self.guard.check(self.preemption.requested)
+                if self.guard.veto:
+                    self.objective.skipped_step(engine, step)
             self.optimizer.skip = self.guard.veto
             engine.step()
             self.optimizer.skip = False
@@ -87,7 +93,7 @@ class Trainer:
                 self.world
                 * train_flops(cfg.model, cfg.objective_config(), *batch["input_ids"].shape, r=stats.get("r"))["total"]
             )
-            self.metrics.add_loss(loss.item())
+            self.metrics.add_loss(loss)
         self.guard.end()
         p.step, p.skipped = step + 1, self.guard.skipped
         return stats
@@ -99,6 +105,21 @@ class Trainer:
             return None
         with autocast_context(self.cfg.train.precision, self.engine.device):
             return evaluate(self.cfg, self.objective, model, self.corpus, self.engine.device, num_steps, examples)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """A micro-batch's tensors on the training device (from pinned memory without blocking the
+    host); other values (an objective's host bookkeeping) as they are."""
+    pin = device.type == "cuda"
+    return {
+        k: (v.pin_memory() if pin else v).to(device, non_blocking=pin) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def setup(cfg: RunConfig) -> Trainer:
@@ -132,6 +153,7 @@ def setup(cfg: RunConfig) -> Trainer:
         model.compile_core()
     optimizer, scheduler = build_optimizer(model, cfg.train)
     engine = build_engine(model, optimizer, scheduler, ds_config)
+    engine.module.autocast_dtype = autocast_dtype(cfg.train.precision, engine.device)
     progress = checkpointer.load(engine, resume_tag) if resume_tag is not None else Progress()
     if rank == 0:
         log.info("objective=%s params=%s world=%d zero=%d", objective.name, params["total"], world, zero_stage(engine))
@@ -191,12 +213,16 @@ def _loop(t: Trainer, show_progress: bool) -> dict:
         disable=not show_progress or t.rank != 0,
         mininterval=0.5 if sys.stderr.isatty() else 30,
     )  # keep piped logs short
-    preemption = Preemption()
+    t.preemption = Preemption()
     for step in bar:
+        logged = (step + 1) % tc.log_every == 0 or step + 1 == tc.max_steps
+        if logged:  # a timed step starts and ends with an idle device (CUDA runs ahead of the host)
+            synchronize(t.engine.device)
         t0, flops0, tokens0 = time.perf_counter(), p.flops, p.tokens
         stats = t.train_step(step)
         done = p.step
-        if done % tc.log_every == 0 or done == tc.max_steps:
+        if logged:
+            synchronize(t.engine.device)
             rec = t.metrics.log(
                 t.engine,
                 done,
@@ -216,13 +242,13 @@ def _loop(t: Trainer, show_progress: bool) -> dict:
                 t.metrics.write({"step": done, "tokens": p.tokens, **scores})
         if tc.save_every and done % tc.save_every == 0 and done < tc.max_steps:
             t.checkpointer.save(t.engine, p, t.corpus)
-        if done < tc.max_steps and preemption.agreed(t.engine.device):
+        if done < tc.max_steps and t.guard.preempt:
             t.checkpointer.save(t.engine, p, t.corpus)
             log.warning("signal received: checkpoint saved at step %d; continue with resume=auto", done)
-            preemption.restore()
+            t.preemption.restore()
             torch.distributed.barrier()
             return {"objective": t.objective.name, "steps": done, "preempted": True}
-    preemption.restore()
+    t.preemption.restore()
     return _finish(t, start)
 
 

@@ -40,9 +40,9 @@ def test_slots_keep_an_example_for_m_steps_staggered_and_read_every_sample_once(
         for micro, rank in ((0, 0), (0, 1), (1, 0), (1, 1)):  # 2 ranks × 2 micro-batches
             batch = obj.train_batch(corpus, B, step, micro, rank, 2, 2)
             rows, example, age = batch["rows"], batch["example"], batch["age"]
-            assert rows.tolist() == list(range((micro * 2 + rank) * B, (micro * 2 + rank + 1) * B))
-            assert age.tolist() == [(step + q) % M for q in rows.tolist()]  # staggered: a batch mixes depths
-            for i, (q, j) in enumerate(zip(rows.tolist(), example.tolist())):
+            assert rows == list(range((micro * 2 + rank) * B, (micro * 2 + rank + 1) * B))
+            assert age == [(step + q) % M for q in rows]  # staggered: a batch mixes depths
+            for i, (q, j) in enumerate(zip(rows, example)):
                 ref = corpus.train_batch(B, j, micro, rank, 2, 2)  # row i of the micro-batch of step j
                 assert torch.equal(batch["input_ids"][i], ref["input_ids"][i])
                 seen.setdefault((q, j), []).append(step)
@@ -59,7 +59,7 @@ def test_the_carried_state_continues_the_loop_across_steps():
     obj.loss(model, b0, 0)
     s0 = torch.stack([obj._fresh_state(model, b0["input_ids"].shape[1], q, 0) for q in range(4)])
     b1 = obj.train_batch(corpus, 4, 1, 0, 0, 1, 1)
-    assert torch.equal(b0["input_ids"], b1["input_ids"]) and b1["age"].tolist() == [1] * 4
+    assert torch.equal(b0["input_ids"], b1["input_ids"]) and b1["age"] == [1] * 4
     loss, _ = obj.loss(model, b1, 1)
     with torch.no_grad():
         ce = model.recur(b1["input_ids"], 2, state=s0, labels=b1["target_ids"])
@@ -68,7 +68,7 @@ def test_the_carried_state_continues_the_loop_across_steps():
     # at the refill (step 4) every slot restarts from a fresh state
     for step in (2, 3, 4):
         batch = obj.train_batch(corpus, 4, step, 0, 0, 1, 1)
-    assert batch["age"].tolist() == [0] * 4 and not torch.equal(batch["input_ids"], b0["input_ids"])
+    assert batch["age"] == [0] * 4 and not torch.equal(batch["input_ids"], b0["input_ids"])
 
 
 def test_state_dict_round_trip_and_a_changed_batch_is_refused():

@@ -28,10 +28,20 @@ def init_distributed(timeout: float = 1800.0) -> None:
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=os.environ.get("MASTER_PORT", str(port)),
         )
+    if torch.cuda.is_available():
+        # before any collective: NCCL places a rank's buffers on the current device, and
+        # deepspeed.initialize (which would set it) runs after the first broadcast
+        torch.cuda.set_device(local_rank())
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(
             dist_backend="nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(seconds=timeout)
         )
+
+
+def local_rank() -> int:
+    """This process's GPU on its node: the launcher's LOCAL_RANK (deepspeed, torchrun), else
+    srun's SLURM_LOCALID, else 0."""
+    return int(os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID") or 0)
 
 
 def agree(value: float, op=torch.distributed.ReduceOp.MAX, device: torch.device | str = "cpu") -> float:
@@ -50,18 +60,16 @@ def comm_failure(err: BaseException) -> bool:
 
 
 class Preemption:
-    """SIGTERM/SIGINT (cluster preemption, Ctrl-C) ask for a checkpoint at the next step end."""
+    """SIGTERM/SIGINT (cluster preemption, Ctrl-C) ask for a checkpoint at the next step end
+    (`requested` is this rank's; the step guard's check agrees it across ranks)."""
 
-    def __init__(self):
+    def __init__(self, install: bool = True):
         self.requested = False
-        self._old = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        sigs = (signal.SIGTERM, signal.SIGINT) if install else ()
+        self._old = {sig: signal.signal(sig, self._handler) for sig in sigs}
 
     def _handler(self, signum, frame):
         self.requested = True
-
-    def agreed(self, device="cpu") -> bool:
-        """True on every rank once any rank was signalled (a collective)."""
-        return bool(agree(self.requested, device=device))
 
     def restore(self):
         for sig, handler in self._old.items():

@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 
 from huginn_db.checkpoint import find_checkpoint
-from huginn_db.components.distributed import agree
 from huginn_db.errors import NonFinite
 
 log = logging.getLogger("huginn_db")
@@ -27,36 +26,51 @@ class GradientHooks:
     def _hook(self, grad):
         self.flags.append(torch.isfinite(grad).all())
 
-    def bad(self) -> bool:
-        """This rank's verdict since the last call (local; combine with `agree`)."""
+    def bad(self, device) -> torch.Tensor:
+        """This rank's verdict since the last call: a bool tensor on the device (no host read)."""
         flags, self.flags = self.flags, []
-        return bool(flags) and not bool(torch.stack(flags).all())
+        if not flags:
+            return torch.zeros((), dtype=torch.bool, device=device)
+        return ~torch.stack(flags).all()
 
 
 class StepGuard:
-    """One optimizer step's verdict. Every check is a collective, so all ranks skip or stop
-    together (a rank that stopped alone would leave the others hanging in the all-reduce)."""
+    """One optimizer step's verdict. The check is a collective, so all ranks skip or stop
+    together (a rank that stopped alone would leave the others hanging in the all-reduce), and
+    it is the step's only host read: each micro-batch's loss verdict stays on the device until
+    the gradients of the last one are in."""
 
     def __init__(self, module: torch.nn.Module, limit: int, checkpoints: Path, device, skipped: int = 0):
         self.hooks, self.limit, self.checkpoints, self.device = GradientHooks(module), limit, checkpoints, device
         self.skipped, self.step, self.bad_part = skipped, 0, None
+        self.losses: list[torch.Tensor] = []  # this step's micro-batch losses are non-finite
+        self.preempt = False  # some rank was signalled (agreed by `check`)
 
     def begin(self, step: int) -> None:
-        self.step, self.bad_part = step, None
+        self.step, self.bad_part, self.losses = step, None, []
 
     @property
     def veto(self) -> bool:
         """Whether this step's update must not be applied."""
         return self.bad_part is not None
 
-    def check_loss(self, loss: torch.Tensor, micro: int) -> None:
-        """Before backward: every rank must agree, or the gradient all-reduce would hang."""
-        if agree(not torch.isfinite(loss.detach()), device=self.device):
-            self._flag(f"loss (micro-batch {micro})")
+    def watch_loss(self, loss: torch.Tensor) -> None:
+        """Before a micro-batch's backward: its verdict, kept on the device."""
+        self.losses.append(~torch.isfinite(loss.detach()))
 
-    def check_gradients(self) -> None:
-        """After the step's last backward, before the update."""
-        if agree(self.hooks.bad(), device=self.device):
+    def check(self, preempt: bool = False) -> None:
+        """After the step's last backward, before the update: every micro-batch's loss, the
+        gradients and a preemption request, agreed by all ranks in one all-reduce and read in
+        one transfer. A non-finite loss needs no earlier stop: its backward only makes
+        non-finite gradients, and the update waits for this verdict."""
+        flags = torch.stack([*self.losses, self.hooks.bad(self.device)]).double()
+        flags = torch.cat([flags, torch.tensor([float(preempt)], dtype=torch.float64).to(self.device)])
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        *losses, grads, self.preempt = (v > 0 for v in flags.tolist())
+        self.losses = []
+        if any(losses):
+            self._flag(f"loss (micro-batch {losses.index(True)})")
+        if grads:
             self._flag("gradient norm")
 
     def deepspeed_skipped(self) -> None:

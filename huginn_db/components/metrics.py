@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 import yaml
 
-from huginn_db.components.distributed import agree
 from huginn_db.components.precision import peak_memory_bytes
 from huginn_db.config import RunConfig, to_dict
 from huginn_db.errors import ConfigError
@@ -41,6 +40,13 @@ def truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(l + "\n" for l in keep))  # noqa: E741
 
 
+def host_value(v):
+    """A stat for the JSON record: tensors (kept on the device between log steps) read back."""
+    if isinstance(v, torch.Tensor):
+        return v.item() if v.dim() == 0 else v.tolist()
+    return v
+
+
 class MetricsWriter:
     """Collects micro-batch losses between log steps; `log` averages them over every rank (a
     collective) and rank 0 appends the record."""
@@ -50,13 +56,15 @@ class MetricsWriter:
         if rank == 0:
             truncate_metrics(run / "metrics.jsonl", start)
         self.file = (run / "metrics.jsonl").open("a") if rank == 0 else None
-        self.losses: list[float] = []
+        self.losses = torch.zeros(2, dtype=torch.float64, device=device)  # Σ finite losses, their count
         self.rss_before = peak_memory_bytes(device)  # CPU: what model, engine and data already hold
         self.t_start = time.perf_counter()
 
-    def add_loss(self, loss: float) -> None:
-        if math.isfinite(loss):  # a skipped step's finite loss is still logged
-            self.losses.append(loss)
+    def add_loss(self, loss: torch.Tensor) -> None:
+        """Accumulated on the device: read on the host only when a record is logged."""
+        loss = loss.detach().double()
+        finite = torch.isfinite(loss)  # a skipped step's finite loss is still logged
+        self.losses += torch.stack([torch.where(finite, loss, 0.0), finite.double()])
 
     def log(
         self,
@@ -70,12 +78,14 @@ class MetricsWriter:
         skipped: int,
         stats: dict,
     ) -> dict | None:
-        total = agree(sum(self.losses), torch.distributed.ReduceOp.SUM, self.device)
-        count = agree(len(self.losses), torch.distributed.ReduceOp.SUM, self.device)
-        self.losses = []
+        torch.distributed.all_reduce(self.losses, op=torch.distributed.ReduceOp.SUM)
+        total, count = self.losses.tolist()
+        self.losses.zero_()
         if self.rank != 0:
             return None
         peak = peak_memory_bytes(self.device)
+        if self.device.type == "cuda":  # the next record's peak is its own window's
+            torch.cuda.reset_peak_memory_stats(self.device)
         rec = {
             "step": step,
             "loss": total / count if count else None,
@@ -88,7 +98,7 @@ class MetricsWriter:
             "peak_memory_bytes": peak,
             "peak_memory_delta_bytes": peak - self.rss_before,
             "skipped": skipped,
-            **stats,
+            **{k: host_value(v) for k, v in stats.items()},
         }
         grad_norm = engine.get_global_grad_norm()
         if grad_norm is not None and math.isfinite(float(grad_norm)):

@@ -26,9 +26,15 @@ def _fast_bf16(device_type: str) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def autocast_context(precision: str, device: torch.device):
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """train.precision on this device: bf16 for autocast, or None (fp32)."""
     use_bf16 = precision == "bf16" or (precision == "auto" and fast_bf16(device))
-    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    return torch.bfloat16 if use_bf16 else None
+
+
+def autocast_context(precision: str, device: torch.device):
+    dtype = autocast_dtype(precision, device)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def peak_memory_bytes(device: torch.device) -> int:

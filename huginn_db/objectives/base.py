@@ -65,8 +65,12 @@ class Objective:
     def loss(self, model, batch, step: int, slot: int = 0) -> tuple[torch.Tensor, dict]:
         """One training micro-step: (scalar loss, stats). `slot` is the global micro-batch
         index (step·grad_accum + micro)·world + rank. stats["r"], when present, is the number of
-        core iterations this step ran (the FLOP accounting charges it)."""
+        core iterations this step ran (the FLOP accounting charges it), a host number; other
+        stats may be tensors, read on the host only at log steps."""
         raise NotImplementedError
+
+    def skipped_step(self, model, step: int) -> None:
+        """Called when the update of (0-based) `step` was skipped for non-finite values."""
 
     def noise(self, model, batch: int, length: int, generator=None) -> torch.Tensor:
         """Each position's random start (B, length, h), CPU float32."""

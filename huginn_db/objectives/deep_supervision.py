@@ -72,17 +72,19 @@ class DeepSupervisionObjective(LatentRecurrence):
     def default_num_steps(self) -> int:
         return self.cfg.eval_steps or self.cfg.depth
 
-    def schedule(self, rows: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def schedule(self, rows: list[int], step: int) -> tuple[list[int], list[int]]:
         """(example number j, age = segments already done on it) of global rows at `step`."""
         m = self.cfg.segments
-        phase = step + (rows % m if self.cfg.stagger else torch.zeros_like(rows))
-        return phase // m, phase % m
+        phase = [step + (q % m if self.cfg.stagger else 0) for q in rows]
+        return [p // m for p in phase], [p % m for p in phase]
 
     def train_batch(self, corpus, batch_size, step, micro, rank, world, grad_accum):
+        """The corpus rows this micro-batch's slots hold; rows, example and age are Python lists
+        (host bookkeeping: the trainer moves only tensors to the device)."""
         first = (micro * world + rank) * batch_size
-        rows = torch.arange(first, first + batch_size)
+        rows = list(range(first, first + batch_size))
         example, age = self.schedule(rows, step)
-        needed = sorted(set(example.tolist()))
+        needed = sorted(set(example))
         for key in [k for k in self._examples if k[0] == first and k[1] not in needed]:
             del self._examples[key]  # j only grows with the step: an example left behind is done
         for j in needed:
@@ -90,7 +92,7 @@ class DeepSupervisionObjective(LatentRecurrence):
                 self._examples[first, j] = corpus.train_batch(batch_size, j, micro, rank, world, grad_accum)
         batch = {k: v.clone() for k, v in self._examples[first, needed[0]].items()}
         for j in needed[1:]:
-            take = example == j
+            take = torch.tensor([e == j for e in example])
             for k, v in self._examples[first, j].items():
                 batch[k][take] = v[take]
         return {**batch, "rows": rows, "example": example, "age": age}
@@ -105,19 +107,17 @@ class DeepSupervisionObjective(LatentRecurrence):
         n, ids = self.cfg.nograd_steps, batch["input_ids"]
         B, T = ids.shape
         m = unwrap(model)
-        rows = batch["rows"].tolist() if "rows" in batch else None  # one device→host copy, not one per row
+        rows = batch.get("rows")
         key = rows[0] if rows is not None else None
         s = self.states.get(key)
         if s is None or s.shape[:2] != (B, T):  # the run's first step, or a plain batch
             s = torch.empty(B, T, m.cfg.hidden, device=ids.device)
-            fresh = torch.ones(B, dtype=torch.bool)
+            fresh = range(B)
         else:
-            fresh = batch["age"].cpu() == 0
-            fresh |= ~torch.isfinite(s).flatten(1).all(1).cpu()  # a diverged state starts over
-        example = batch["example"].tolist() if rows is not None else None
-        for i in fresh.nonzero().flatten().tolist():
+            fresh = [i for i, a in enumerate(batch["age"]) if a == 0]
+        for i in fresh:
             if rows is not None:
-                s[i] = self._fresh_state(m, T, rows[i], example[i]).to(s.device)
+                s[i] = self._fresh_state(m, T, rows[i], batch["example"][i]).to(s.device)
             else:
                 s[i] = self._fresh_state(m, T, slot, i, tag=5).to(s.device)
         w = batch["loss_weight"]
@@ -127,8 +127,18 @@ class DeepSupervisionObjective(LatentRecurrence):
         loss = (ce * w).sum() / w.sum().clamp(min=1)
         stats = {"r": n + 1, "no_grad_iters": n, "grad_iters": 1}
         if rows is not None:
-            stats["depth_mean"] = float((batch["age"] + 1).float().mean()) * (n + 1)
+            stats["depth_mean"] = (sum(batch["age"]) / B + 1) * (n + 1)
         return loss, stats
+
+    def skipped_step(self, model, step: int) -> None:
+        """A non-finite carried state makes its step's loss non-finite, so only a skipped step
+        can leave one: those slots go on from a fresh state (drawn as at their next step), and
+        the finite steps never read a state back to the host."""
+        m = unwrap(model)
+        for key, s in self.states.items():
+            for i in (~torch.isfinite(s).flatten(1).all(1)).nonzero().flatten().tolist():
+                example = self.schedule([key + i], step + 1)[0][0]
+                s[i] = self._fresh_state(m, s.shape[1], key + i, example).to(s.device)
 
     def state_dict(self) -> dict:
         return {"segments": self.cfg.segments, "states": {k: v.cpu() for k, v in self.states.items()}}

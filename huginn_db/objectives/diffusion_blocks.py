@@ -104,48 +104,54 @@ class DiffusionBlocksObjective(Objective):
     def loss(self, model, batch, step: int, slot: int = 0):
         ids, tgt = batch["input_ids"], batch["target_ids"]
         B, T = ids.shape
-        g = torch.Generator().manual_seed(seed_of(self.seed, slot, 2))
+        # σ and ε on the training device (a CPU draw of ε is as long as a GPU step); on a CPU
+        # device this is the one CPU generator, so the numbers are the same everywhere
+        g = torch.Generator(device=ids.device).manual_seed(seed_of(self.seed, slot, 2))
         n = B if self.cfg.sigma_per == "sequence" else B * T
         # rotate the band offset with the slot so small batches still visit every band
         sigma, band = dm.sample_sigma(n, self.sig, self.cfg.num_bands, g, offset=slot * n)
-        sigma = sigma.view(B, -1).to(ids.device)  # (B, 1) or (B, T)
+        sigma = sigma.view(B, -1)  # (B, 1) or (B, T)
         # z = y + σ·ε with y the unit-norm embedding of the next token (built inside forward)
-        eps = torch.randn(B, T, unwrap(model).cfg.hidden, generator=g).to(ids.device)
+        eps = torch.randn(B, T, unwrap(model).cfg.hidden, generator=g, device=ids.device)
         w = batch["loss_weight"]
-        sc, extra = self._self_condition(B, sigma, band, g, ids.device)
+        sc, extra = self._self_condition(B, sigma, band, g, ids.device, slot)
         ce = model(ids, target_ids=tgt, sigma=sigma, noise=eps, c_in=dm.c_in(sigma, self.sig), labels=tgt, **sc) * w
         if self.cfg.loss_weighting == "edm":
             lam = dm.edm_weight(sigma, self.sig)
             ce = ce * (lam / lam.mean())
         loss = ce.sum() / w.sum().clamp(min=1)
-        ls = sigma.log()
+        ls = sigma.detach().log()
+        # tensors: the trainer reads them on the host only when it logs
         return loss, {
-            "sigma_mean": float(sigma.mean()),
-            "log_sigma_mean": float(ls.mean()),
-            "log_sigma_std": float(ls.std()) if ls.numel() > 1 else 0.0,
-            "bands": torch.bincount(band, minlength=self.cfg.num_bands).tolist(),
+            "sigma_mean": sigma.detach().mean(),
+            "log_sigma_mean": ls.mean(),
+            "log_sigma_std": ls.std() if ls.numel() > 1 else 0.0,
+            "bands": torch.bincount(band, minlength=self.cfg.num_bands),
             **extra,
         }
 
-    def _self_condition(self, B: int, sigma, band, g, device) -> tuple[dict, dict]:
+    def _self_condition(self, B: int, sigma, band, g, device, slot: int) -> tuple[dict, dict]:
         """Which sequences get a no-grad first pass, and at which σ (model kwargs, stats).
-        Drawn after ε from the same generator, so plain DB's draws are unchanged."""
+        Drawn after ε from the same generator on a CPU device, so plain DB's draws are unchanged;
+        on another device from a CPU generator of the same seed, so the row count is known on
+        the host without a device sync (it sizes the first pass and the FLOP count)."""
         cfg = self.cfg
         if cfg.self_condition == "none":
             return {}, {}
-        pick = torch.rand(B, generator=g) < cfg.self_condition_prob
+        host = g if g.device.type == "cpu" else torch.Generator().manual_seed(seed_of(self.seed, slot, 2))
+        pick = torch.rand(B, generator=host) < cfg.self_condition_prob
         if cfg.self_condition_sigma == "same":
-            prev_sigma = sigma.cpu()
+            prev_sigma = sigma
         else:  # inference evaluated band b at edge b+1, after edge b+2; the top band comes first
             K = cfg.num_bands
             pick &= band < K - 1
-            prev_sigma = self.edges[(band + 2).clamp(max=K)].view(B, 1)
+            prev_sigma = self.edges[(band + 2).clamp(max=K)].view(B, 1).to(device)
         rows = pick.nonzero().flatten()
         kw = {
             "self_condition": cfg.self_condition,
             "prev_rows": rows.to(device),
-            "prev_sigma": prev_sigma.to(device),
-            "prev_c_in": dm.c_in(prev_sigma, self.sig).to(device),
+            "prev_sigma": prev_sigma,
+            "prev_c_in": dm.c_in(prev_sigma, self.sig),
         }
         # "r": core passes per sequence this step (1 + the first passes' share), for the FLOP count
         return kw, {"r": 1.0 + len(rows) / B, "self_cond_rows": len(rows)}

@@ -92,3 +92,19 @@ def test_config_checks():
     with pytest.raises(ValueError, match="nograd_steps must be >= 0"):
         DeepSupervisionConfig(nograd_steps=-1)
     assert DeepSupervisionObjective(DeepSupervisionConfig(nograd_steps=1, segments=8)).default_num_steps == 16
+
+
+def test_a_skipped_step_restarts_only_the_slots_whose_state_went_non_finite():
+    """Finite steps never read the carried states back; after a skipped step the non-finite
+    ones start over from the fresh state their next step would draw."""
+    model, corpus = _model(), _corpus()
+    obj = DeepSupervisionObjective(DeepSupervisionConfig(segments=4))
+    batch = obj.train_batch(corpus, 4, 0, 0, 0, 1, 1)
+    obj.loss(model, batch, 0)
+    before = obj.states[0].clone()
+    obj.states[0][2, 3, 0] = float("nan")
+    obj.skipped_step(model, 0)
+    s, T = obj.states[0], batch["input_ids"].shape[1]
+    example = obj.schedule([2], 1)[0][0]
+    assert torch.equal(s[2], obj._fresh_state(model, T, 2, example))
+    assert all(torch.equal(s[i], before[i]) for i in (0, 1, 3)) and torch.isfinite(s).all()

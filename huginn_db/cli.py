@@ -13,6 +13,8 @@
     huginn-db export RUN_DIR --out DIR [--format huginn]  consolidated safetensors + config (or Huginn's format)
     huginn-db import HUGINN_DIR --out DIR                a Huginn checkpoint as an export directory
     huginn-db tokenizer train --input F... --vocab-size N --out DIR
+    huginn-db data prepare RECIPE.yaml [key=value ...] --out DIR [--num-proc N]
+                                                         tokenize a text recipe's corpus once (data.text.prepared)
     huginn-db sample RUN --prompt TEXT | --judge DIR     sampled continuations; their MAUVE / gen-PPL
     huginn-db train-judge --input F... --out DIR         a GPT-2 judge LM (transformers) for sample quality
 
@@ -47,6 +49,7 @@ COMMANDS = {
     "export": ("huginn_db.interop", "main_export"),
     "import": ("huginn_db.interop", "main_import"),
     "tokenizer": ("huginn_db.tokenizer", "main"),
+    "data": ("huginn_db.data", "main"),
     "sample": ("huginn_db.textgen", "main"),
     "train-judge": ("huginn_db.judge", "main"),
 }

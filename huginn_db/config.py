@@ -58,6 +58,13 @@ class DataConfig:
     """The depth benchmark's family, difficulties and test set (data.name=reasoning)."""
     text: TextConfig = field(default_factory=TextConfig)
     """Text files, tokenizer and window (data.name=text)."""
+    workers: typing.Optional[int] = None
+    """Loader processes building micro-batches ahead of the step (None: 2 where CUDA trains, else
+    0: on a CPU the cores are the step's). Batches stay functions of (step, micro-batch, rank)."""
+
+    def __post_init__(self):
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"workers must be >= 0 or null, got {self.workers}")
 
 
 @dataclass
@@ -300,6 +307,8 @@ def load_config(recipe: str | Path, overrides: list[str] = ()) -> RunConfig:
         if name and not Path(name).is_absolute():
             local = path.parent / name
             setattr(jl, key, str((local if local.is_file() else Path(name)).resolve()))
+    if cfg.data.text.prepared:  # recorded absolute, so evaluation finds it from anywhere
+        cfg.data.text.prepared = str(Path(cfg.data.text.prepared).expanduser().resolve())
     validate(cfg)
     check_deepspeed_json(cfg)
     return cfg

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from huginn_db.components.checkpointer import Checkpointer, Progress
 from huginn_db.components.distributed import Preemption, comm_failure, init_distributed
 from huginn_db.components.engine import build_engine, config_stage, deepspeed_config, evaluation_model, zero_stage
 from huginn_db.components.guard import StepGuard
+from huginn_db.components.loader import micro_batch_loader
 from huginn_db.components.metrics import MetricsWriter, prepare_run_dir
 from huginn_db.components.optim import build_optimizer
 from huginn_db.components.precision import autocast_context, autocast_dtype
@@ -33,6 +35,7 @@ from huginn_db.errors import CheckpointError, ConfigError, NonFinite, RankFailur
 from huginn_db.evaluate import evaluate
 from huginn_db.model import RecurrentDepthLM
 from huginn_db.objectives import build_objective
+from huginn_db.objectives.base import Objective
 
 log = logging.getLogger("huginn_db")
 
@@ -57,6 +60,7 @@ class Trainer:
     resumed: bool
     params: dict
     preemption: Preemption = field(default_factory=lambda: Preemption(install=False))  # `train` arms one
+    batches: Iterator | None = None  # the loader `train` starts (None: batches built in the step)
 
     def train_step(self, step: int) -> dict:
         """One optimizer step over grad_accum micro-batches; returns the last micro-batch's stats.
@@ -68,10 +72,7 @@ class Trainer:
         accum = cfg.train.grad_accum
         self.guard.begin(step + 1)
         for micro in range(accum):
-            batch = self.objective.train_batch(
-                self.corpus, cfg.train.micro_batch_size, step, micro, self.rank, self.world, accum
-            )
-            batch = to_device(batch, engine.device)
+            batch = to_device(self.next_batch(step, micro), engine.device)
             loss, stats = self.objective.loss(engine, batch, step, (step * accum + micro) * self.world + self.rank)
             self.guard.watch_loss(loss)
             engine.backward(loss)  # a skipped step still runs backward: DeepSpeed counts micro-steps
@@ -98,6 +99,43 @@ class Trainer:
         p.step, p.skipped = step + 1, self.guard.skipped
         return stats
 
+    def next_batch(self, step: int, micro: int) -> dict:
+        """Micro-batch `micro` of `step`: from the loader where `train` started one (built ahead,
+        in worker processes), else built here; an objective that keeps examples across steps
+        builds its own."""
+        if self.batches is None:
+            return self.objective.train_batch(
+                self.corpus,
+                self.cfg.train.micro_batch_size,
+                step,
+                micro,
+                self.rank,
+                self.world,
+                self.cfg.train.grad_accum,
+            )
+        batch = next(self.batches)
+        if batch.pop("micro_batch") != step * self.cfg.train.grad_accum + micro:
+            raise RuntimeError(f"the loader is out of step with the trainer at step {step}, micro-batch {micro}")
+        return batch
+
+    def start_loader(self) -> None:
+        """Micro-batches from the current step on, built ahead by data.workers processes."""
+        if type(self.objective).train_batch is not Objective.train_batch:
+            return  # it keeps examples across steps (deep supervision): built in the step
+        workers = self.cfg.data.workers
+        if workers is None:
+            workers = 2 if self.engine.device.type == "cuda" else 0
+        loader = micro_batch_loader(
+            self.corpus,
+            self.cfg.train,
+            self.rank,
+            self.world,
+            self.progress.step,
+            workers,
+            self.engine.device.type == "cuda",
+        )
+        self.batches = iter(loader)
+
     def evaluate(self, num_steps=None, examples=None) -> dict | None:
         """Scores of the current weights on rank 0 (a collective under ZeRO-3)."""
         model = evaluation_model(self.engine, self.cfg, self.rank)
@@ -108,13 +146,9 @@ class Trainer:
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    """A micro-batch's tensors on the training device (from pinned memory without blocking the
-    host); other values (an objective's host bookkeeping) as they are."""
-    pin = device.type == "cuda"
-    return {
-        k: (v.pin_memory() if pin else v).to(device, non_blocking=pin) if isinstance(v, torch.Tensor) else v
-        for k, v in batch.items()
-    }
+    """A micro-batch's tensors on the training device (without blocking the host where the
+    loader pinned them); other values (an objective's host bookkeeping) as they are."""
+    return {k: v.to(device, non_blocking=v.is_pinned()) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def synchronize(device: torch.device) -> None:
@@ -214,6 +248,7 @@ def _loop(t: Trainer, show_progress: bool) -> dict:
         mininterval=0.5 if sys.stderr.isatty() else 30,
     )  # keep piped logs short
     t.preemption = Preemption()
+    t.start_loader()
     for step in bar:
         logged = (step + 1) % tc.log_every == 0 or step + 1 == tc.max_steps
         if logged:  # a timed step starts and ends with an idle device (CUDA runs ahead of the host)

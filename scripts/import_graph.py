@@ -28,7 +28,13 @@ LAYERS = [
         "huginn_db.attention",
     ],
     ["huginn_db.model", "huginn_db.tokenizer", "huginn_db.data.documents"],
-    ["huginn_db.objectives", "huginn_db.data.families", "huginn_db.data.reasoning", "huginn_db.data.text"],
+    [
+        "huginn_db.objectives",
+        "huginn_db.data.families",
+        "huginn_db.data.reasoning",
+        "huginn_db.data.prepared",
+        "huginn_db.data.text",
+    ],
     ["huginn_db.config"],
     [
         "huginn_db.checkpoint",

@@ -165,13 +165,8 @@ FIELD_FAULTS = [
     (TextConfig, {"seq_len": 0}, "seq_len must be >= 1, got 0"),
     (TextConfig, {"val_fraction": 1.0}, "val_fraction must be in [0, 1), got 1.0"),
     (TextConfig, {"val_fraction": -0.1}, "val_fraction must be in [0, 1)"),
-    (TextConfig, {"streaming": True, "val_docs": 0}, "val_docs must be >= 1 when streaming, got 0"),
-    (TextConfig, {"streaming": True, "shuffle_buffer": 0}, "shuffle_buffer must be >= 1 when streaming, got 0"),
+    (TextConfig, {"streaming": True}, "streaming was retired"),
 ]
-
-
-def test_streaming_only_fields_are_free_in_memory():
-    TextConfig(val_docs=0, shuffle_buffer=0)  # unused without streaming, as before
 
 
 @pytest.mark.parametrize(

@@ -26,11 +26,19 @@ loss_compare = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(loss_compare)
 
 
-def golden_run(objective: str, run_dir) -> dict[int, float]:
+def golden_run(objective: str, run_dir, *overrides: str) -> dict[int, float]:
     # a clean one-process world on the CPU, whatever the test runner's environment: the curves are CPU fp32 curves
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env.update(CUDA_VISIBLE_DEVICES="", DS_ACCELERATOR="cpu")
-    cmd = [sys.executable, "-m", "huginn_db.train", str(RECIPE), f"run_dir={run_dir}", f"objective.name={objective}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "huginn_db.train",
+        str(RECIPE),
+        f"run_dir={run_dir}",
+        f"objective.name={objective}",
+        *overrides,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return loss_compare.run_losses(run_dir)
@@ -55,3 +63,10 @@ def test_loss_curve_matches_golden(objective, tmp_path, regen_golden):
         + "\n  ".join(bad)
         + f"\nIf the change is meant to move it: {REGEN.format(objective)}"
     )
+
+
+def test_loader_workers_leave_the_curve_where_it_is(tmp_path):
+    """Two loader processes build the micro-batches ahead of the step: the same batches, the same curve."""
+    losses = golden_run("diffusion_blocks", tmp_path / "run", "data.workers=2", "train.grad_accum=2")
+    ref = golden_run("diffusion_blocks", tmp_path / "ref", "train.grad_accum=2")
+    assert losses == ref

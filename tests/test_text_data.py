@@ -139,18 +139,9 @@ def test_batches_match_the_reasoning_format_and_are_pure_functions_of_their_indi
     assert not torch.equal(x["input_ids"], other.train_batch(4, 3, 1, 1, 2, 2)["input_ids"])
 
 
-def test_streaming_shards_by_rank_resumes_and_holds_out_the_head(tmp_path):
-    docs = _docs(25)
-    path = str(_jsonl(tmp_path / "d.jsonl", docs))
-    kw = dict(files=[path], streaming=True, val_docs=1, shuffle_buffer=8)
-    c = _corpus(**kw)
-    assert [t for b in c.val_batches(4) for t in _texts(b)] == docs[:1] and c.num_train_sequences is None
-    first = _epoch(c, 3, 2, 2, steps=2)
-    assert sorted(first) == docs[1:] and first != docs[1:]  # every document once, buffer-shuffled
-    assert sorted(_epoch(c, 3, 2, 2, steps=2, first_step=2)) == docs[1:]
-    resumed = _corpus(**kw).train_batch(3, step=1, micro=1, rank=1, world=2, grad_accum=2)
-    assert torch.equal(resumed["input_ids"], c.train_batch(3, 1, 1, 1, 2, 2)["input_ids"])
-    assert c.position(3, 2, 2, 3) == {"sequences": 36}
+def test_streaming_is_retired_with_the_way_to_prepare():
+    with pytest.raises(ValueError, match=r"streaming was retired.*huginn-db data prepare.*data.text.prepared=DIR"):
+        TextConfig(files=["x.txt"], streaming=True)
 
 
 def test_formats_compression_and_path_resolution(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ local lm-eval text tasks read the same split to score only what a run held out.
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -155,8 +155,6 @@ class TextDocuments:
 
     def held_out(self, seed: int) -> list[tuple[str, str]]:
         """The (source label, document) pairs a corpus with this seed does not train on."""
-        if self.cfg.streaming:
-            return list(itertools.islice(self._all_documents(True, labelled=True), self.cfg.val_docs))
         docs, val, _ = self.split(seed)
         return [docs[i] for i in val]
 
@@ -180,4 +178,17 @@ def run_held_out(run, data_root: str | None = None) -> list[tuple[str, str]]:
     """The (source label, document) pairs a text run (its RunConfig) held out, by its own split;
     its relative files resolved against `data_root` when given, else as the run resolved them."""
     text = run.data.text if data_root is None else dataclasses.replace(run.data.text, data_root=data_root)
+    if text.prepared:  # the prepared set kept them: nothing to re-read
+        return prepared_held_out(text.prepared)
     return TextDocuments(text).held_out(run.seed)
+
+
+def prepared_held_out(root: str | Path) -> list[tuple[str, str]]:
+    """The (source label, document) pairs a prepared set holds out, as `huginn-db data prepare`
+    read them (its val.jsonl)."""
+    path = Path(root) / "val.jsonl"
+    try:
+        with open(path) as f:
+            return [(r["source"], r["text"]) for r in map(json.loads, f)]
+    except OSError as err:
+        raise ValueError(f"data.text.prepared: cannot read {path} ({err.strerror})") from None

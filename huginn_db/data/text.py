@@ -18,25 +18,26 @@ In memory (default)
   so within an epoch no window repeats and none is skipped, and a batch is a pure function of its
   indices: resuming at step s needs nothing but s.
 
-Streaming (`streaming=True`)
-  For corpora too large to tokenize up front. Documents come from an `IterableDataset` in file
-  order; the first `val_docs` are held out (a stream has no length, so no fraction), the rest go
-  through a buffer shuffle, are tokenized and packed on the fly. Rank r takes every world-th packed
-  window starting at r. Batches are still pure functions of their indices, but every rank reads the
-  whole stream and reaching step s means re-reading all windows before it.
+Prepared (`prepared=DIR`)
+  For corpora one process cannot tokenize at every start: `huginn-db data prepare` tokenizes the
+  sources once, in parallel, into token files with the same split and the same eos-separated
+  stream (huginn_db.data.prepared). Windows are read from the file by the same index rule, so a
+  run's batches and losses equal the in-memory path's; a rank reads only its own rows, nothing
+  is tokenized at start, and resuming at step s needs nothing but s.
 """
 
 from __future__ import annotations
 
 import itertools
 import typing
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from huginn_db.data.documents import TextDocuments
+from huginn_db.data.prepared import PreparedWindows, read_manifest, tokenizer_sha256
 from huginn_db.tokenizer import load_tokenizer
 
 # TextConfig.format's choices; the field stays `str` until the recipe loader's type check
@@ -63,18 +64,17 @@ class TextConfig:
     """auto (by extension) | text | json | parquet."""
     text_field: str = "text"
     """json/parquet/hub column; plain text always has "text"."""
+    prepared: str | None = None
+    """A directory written by `huginn-db data prepare` from these sources: train from its token
+    files (nothing tokenized at start; relative to the CWD). None: tokenize in memory."""
     streaming: bool = False
-    """Read documents from an IterableDataset and pack on the fly (corpora too large for memory)."""
+    """Retired (every rank re-read the whole stream, and a resume everything before it): use prepared."""
     seq_len: int = 256
     """Tokens per training window (inputs; each window holds seq_len + 1)."""
     val_fraction: float = 0.01
     """Share of documents held out for validation, at least one (in memory)."""
     split_seed: int | None = None
     """Seed of that train/val split (None: the run's seed); fix it to score seeds on one val set."""
-    val_docs: int = 100
-    """Leading documents held out (streaming)."""
-    shuffle_buffer: int = 10_000
-    """Documents in the shuffle buffer (streaming)."""
     tokenizer: str = "reasoning"
     """See huginn_db.tokenizer.load_tokenizer."""
     blank_line_docs: bool = True
@@ -94,9 +94,11 @@ class TextConfig:
             raise ValueError(f"seq_len must be >= 1, got {self.seq_len}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        for key in ("val_docs", "shuffle_buffer"):  # used by streaming only
-            if self.streaming and getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1 when streaming, got {getattr(self, key)}")
+        if self.streaming:
+            raise ValueError(
+                "streaming was retired (every rank re-read the stream, and a resume all of it before its "
+                "step); tokenize once with `huginn-db data prepare RECIPE --out DIR` and set data.text.prepared=DIR"
+            )
 
 
 class TextCorpus(TextDocuments):
@@ -108,12 +110,13 @@ class TextCorpus(TextDocuments):
             self.tokenizer = load_tokenizer(cfg.tokenizer)
         except ValueError as err:
             raise ValueError(f"data.text.tokenizer: {err}") from None
-        super().__init__(cfg)
         self._window = cfg.seq_len + 1
         self._perms: dict[int, np.ndarray] = {}
-        if cfg.streaming:
-            self._init_streaming()
+        if cfg.prepared:
+            self.cfg = cfg  # the sources are the prepared set's business: not read here
+            self._init_prepared()
         else:
+            super().__init__(cfg)
             self._init_in_memory()
 
     def _encode(self, doc: str) -> list[int]:
@@ -154,60 +157,32 @@ class TextCorpus(TextDocuments):
             self._perms[epoch] = np.random.default_rng([self.seed, 1, epoch]).permutation(len(self._train))
         return self._perms[epoch]
 
-    # --- streaming ------------------------------------------------------------------------------
+    # --- prepared ---------------------------------------------------------------------------------
 
-    def _init_streaming(self) -> None:
-        from datasets import IterableDataset
-
-        head = list(itertools.islice(self._all_documents(streaming=True), self.cfg.val_docs + 1))
-        if len(head) <= self.cfg.val_docs:
+    def _init_prepared(self) -> None:
+        cfg, root = self.cfg, Path(self.cfg.prepared)
+        manifest = read_manifest(root)
+        sha = tokenizer_sha256(cfg.tokenizer)
+        if manifest["tokenizer"]["sha256"] != sha:
             raise ValueError(
-                f"data.text: the stream has {len(head)} document(s), all held out by "
-                f"data.text.val_docs={self.cfg.val_docs}; lower it or add data"
+                f"data.text.prepared: {root} was tokenized with {manifest['tokenizer']['spec']} "
+                f"(sha256 {manifest['tokenizer']['sha256'][:12]}), not data.text.tokenizer={cfg.tokenizer} "
+                f"(sha256 {sha[:12]}); use its tokenizer or prepare again"
             )
-        self._val = self._pack(head[: self.cfg.val_docs], "val")
-
-        def documents():
-            yield from ({"text": d} for d in self._all_documents(streaming=True))
-
-        # shuffling is a buffer shuffle: shuffle_buffer documents at a time, seeded by seed + epoch
-        self._train_stream = (
-            IterableDataset.from_generator(documents)
-            .skip(self.cfg.val_docs)
-            .shuffle(seed=self.seed, buffer_size=self.cfg.shuffle_buffer)
-        )
-        self._windows: Iterator[list[int]] | None = None
-        self._next = 0  # index of the window self._windows yields next
-
-    def _stream_windows(self) -> Iterator[list[int]]:
-        buf, produced = [], False
-        for epoch in itertools.count():
-            self._train_stream.set_epoch(epoch)
-            tokens = 0
-            for row in self._train_stream:
-                ids = self._encode(row["text"])
-                tokens += len(ids)
-                buf.extend(ids)
-                while len(buf) >= self._window:
-                    produced = True
-                    yield buf[: self._window]
-                    del buf[: self._window]
-            if not produced:  # a whole epoch without one window: the stream is too short
-                raise self._too_small("train", tokens)
-
-    def _streamed_window(self, k: int) -> list[int]:
-        """Window k of the packed stream; rewinds for an earlier k (a resume or another rank)."""
-        if self._windows is None or k < self._next:
-            self._windows, self._next = self._stream_windows(), 0
-        try:
-            for _ in range(k - self._next):
-                next(self._windows)
-            window = next(self._windows)
-        except BaseException:
-            self._windows = None  # a failed generator cannot resume
-            raise
-        self._next = k + 1
-        return window
+        split = manifest["split"]
+        seed = self.seed if cfg.split_seed is None else cfg.split_seed
+        if (split["seed"], split["val_fraction"]) != (seed, cfg.val_fraction):
+            raise ValueError(
+                f"data.text.prepared: {root} holds the split of split_seed={split['seed']}, val_fraction="
+                f"{split['val_fraction']}, this run asks for {seed}, {cfg.val_fraction}; set "
+                f"data.text.split_seed={split['seed']} data.text.val_fraction={split['val_fraction']} or prepare again"
+            )
+        for name in ("train", "val"):
+            tokens = manifest["splits"][name]["tokens"]
+            windows = PreparedWindows(root / f"{name}.bin", manifest["dtype"], tokens, self._window)
+            if len(windows) == 0:
+                raise self._too_small(name, tokens)
+            setattr(self, f"_{name}", windows)
 
     # --- batches --------------------------------------------------------------------------------
 
@@ -216,9 +191,8 @@ class TextCorpus(TextDocuments):
         return self.cfg.seq_len
 
     @property
-    def num_train_sequences(self) -> int | None:
-        """None when streaming: a stream's length is unknown until it has been read."""
-        return None if self.cfg.streaming else len(self._train)
+    def num_train_sequences(self) -> int:
+        return len(self._train)
 
     @property
     def num_val_sequences(self) -> int:
@@ -242,9 +216,6 @@ class TextCorpus(TextDocuments):
                 f"bad batch indices: batch_size={batch_size} step={step} micro={micro}/{grad_accum} rank={rank}/{world}"
             )
         g = step * grad_accum + micro
-        if self.cfg.streaming:
-            first = g * batch_size * world + rank  # rank r takes windows r, r + world, ...
-            return self._batch([self._streamed_window(first + i * world) for i in range(batch_size)])
         n = len(self._train)
         need = batch_size * world
         if need > n:
@@ -259,10 +230,8 @@ class TextCorpus(TextDocuments):
 
     def position(self, step: int, grad_accum: int, world: int, batch_size: int) -> dict[str, int]:
         """Where `step` starts, for checkpoint client state: {"epoch", "offset"} into the epoch's
-        permutation; {"sequences": packed windows before it} when streaming."""
+        permutation."""
         idx = step * grad_accum * world * batch_size
-        if self.cfg.streaming:
-            return {"sequences": idx}
         return {"epoch": idx // len(self._train), "offset": idx % len(self._train)}
 
     def val_batches(self, batch_size: int) -> list[dict[str, torch.Tensor]]:

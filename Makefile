@@ -56,12 +56,21 @@ runs/tokenizers/lm1b-8k/tokenizer.model: $(STAMP)
 	$(VENV)/bin/huginn-db tokenizer train --input $(DATA)/lm1b_sample/1b_benchmark.dev.tokens --vocab-size 8000 \
 	    --out runs/tokenizers/lm1b-8k
 
-study-text: $(OPS) runs/tokenizers/tinystories-4k/tokenizer.model
-	HUGINN_DB_DATA=$(DATA) $(TEXT) recipes/text-small-db.yaml --seeds 0 1 2 --out runs/study-text \
-	    --objectives bptt diffusion_blocks deep_supervision \
-	    data.text.split_seed=0 data.text.val_fraction=0.1 train.max_steps=200 train.save_every=100
+# the studies' corpora, tokenized once (huginn-db data prepare) and read by every run
+STUDY_TEXT = data.text.split_seed=0 data.text.val_fraction=0.1
+runs/prepared/tinystories-study/manifest.json: runs/tokenizers/tinystories-4k/tokenizer.model
+	HUGINN_DB_DATA=$(DATA) $(VENV)/bin/huginn-db data prepare recipes/text-small-db.yaml $(STUDY_TEXT) \
+	    --out runs/prepared/tinystories-study
 
-study-lm1b: $(OPS) runs/tokenizers/lm1b-8k/tokenizer.model
+runs/prepared/lm1b-8k/manifest.json: runs/tokenizers/lm1b-8k/tokenizer.model
+	HUGINN_DB_DATA=$(DATA) $(VENV)/bin/huginn-db data prepare recipes/paper-lm1b-cpu-db.yaml --out runs/prepared/lm1b-8k
+
+study-text: $(OPS) runs/prepared/tinystories-study/manifest.json
+	HUGINN_DB_DATA=$(DATA) $(TEXT) recipes/text-small-db.yaml --seeds 0 1 2 --out runs/study-text \
+	    --objectives bptt diffusion_blocks deep_supervision $(STUDY_TEXT) \
+	    data.text.prepared=runs/prepared/tinystories-study train.max_steps=200 train.save_every=100
+
+study-lm1b: $(OPS) runs/prepared/lm1b-8k/manifest.json
 	HUGINN_DB_DATA=$(DATA) $(TEXT) recipes/paper-lm1b-cpu-db.yaml --seeds 0 1 2 --out runs/study-lm1b \
 	    --objectives bptt diffusion_blocks
 

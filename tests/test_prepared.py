@@ -154,6 +154,13 @@ def test_training_from_a_prepared_set_gives_the_in_memory_losses_and_resumes_bit
     prepared = f"data.text.prepared={tmp_path / 'set'}"
     mem = train("mem", "train.max_steps=6")
     assert train("prep", prepared, "train.max_steps=6") == mem
+    # the local lm-eval text tasks score what each run held out: the same documents, not re-read
+    sys.path.insert(0, str(RECIPES.parent / "eval" / "tasks"))
+    from utils import held_out
+
+    assert held_out(str(tmp_path / "ts.txt"), str(tmp_path / "prep")) == held_out(
+        str(tmp_path / "ts.txt"), str(tmp_path / "mem")
+    )
     train("resumed", prepared, "train.max_steps=3", "train.save_every=3")
     assert train("resumed", prepared, "train.max_steps=6", "resume=auto") == mem
 

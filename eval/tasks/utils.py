@@ -79,7 +79,8 @@ def held_out(path: str, checkpoint: str | None) -> list[str] | None:
             docs = run_held_out(run, data_root=root)
         except ValueError as err:
             raise ValueError(f"{checkpoint} trained on {path}; cannot rebuild its held-out split: {err}") from None
-        return [d for label, d in docs if Path(label).resolve() == target]
+        # a prepared set records where it read the file, maybe under another data root
+        return [d for label, d in docs if Path(label).resolve() == target or label.endswith("/" + rel.as_posix())]
     return None
 
 

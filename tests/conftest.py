@@ -4,6 +4,7 @@ import socket
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -31,6 +32,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def one_rank_env() -> dict[str, str]:
+    """A launcher's variables for a world of one in this process, on a free port."""
+    return dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
 
 
 def clean_env() -> dict[str, str]:
@@ -107,3 +113,17 @@ def pytest_addoption(parser):
 def regen_golden(request) -> bool:
     """Whether golden files are to be rewritten rather than checked (tests/test_golden.py)."""
     return request.config.getoption("--regen-golden") or os.environ.get("HUGINN_DB_REGEN_GOLDEN", "") not in ("", "0")
+
+
+WORDS = "the cat sat on a mat and saw 12 red dogs run far away from home today , . !".split()
+
+
+@pytest.fixture(scope="module")
+def spm_tok(tmp_path_factory):
+    """A small SentencePiece model over WORDS (multi-line text needs more than the reasoning alphabet)."""
+    from huginn_db.tokenizer import SentencePieceTokenizer, train_sentencepiece
+
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("spm") / "train.txt"
+    path.write_text("\n".join(" ".join(rng.choice(WORDS, 8)) for _ in range(2000)))
+    return SentencePieceTokenizer(train_sentencepiece([str(path)], 300, str(path.parent)))

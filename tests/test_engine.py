@@ -2,7 +2,6 @@
 ZeRO-3 module (a real engine in a world of one, in-process)."""
 
 import json
-import socket
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from huginn_db.components.distributed import init_distributed
 from huginn_db.components.optim import build_optimizer
 from huginn_db.config import load_config, resolve
 from huginn_db.model import RecurrentDepthLM
-from tests.conftest import RECIPES
+from tests.conftest import RECIPES, one_rank_env
 
 DS = RECIPES / "deepspeed"
 
@@ -39,10 +38,7 @@ def test_zero3_json_overlaps_and_prefetches_and_the_cpu_one_does_not():
 @pytest.fixture
 def zero3_engine(monkeypatch):
     """A ZeRO-3 engine (the CPU JSON) over the demo model at a tiny size, in a world of one."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
+    for k, v in one_rank_env().items():
         monkeypatch.setenv(k, v)
     threads = torch.get_num_threads()
     cfg = load_config(

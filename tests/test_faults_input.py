@@ -7,7 +7,6 @@ process; the run directory holds a previous run's files, whose bytes and mtimes 
 
 import json
 import random
-import socket
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from huginn_db.cli import main as cli
 from huginn_db.data.reasoning import CharTokenizer
 from huginn_db.tokenizer import train_sentencepiece
 from huginn_db.train import main as train_main
-from tests.conftest import RECIPES, snapshot
+from tests.conftest import RECIPES, one_rank_env, snapshot
 from tests.test_lm_eval import _export
 
 TINY = [
@@ -49,10 +48,7 @@ def prior_run(tmp_path):
 def world_of_one(monkeypatch):
     """Env of a one-process launch, so checks that run after distributed init can be reached
     in-process; restored afterwards (main() destroys the process group)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
+    for k, v in one_rank_env().items():
         monkeypatch.setenv(k, v)
     threads = torch.get_num_threads()
     yield

@@ -3,7 +3,6 @@ model's forward owns mixed precision (DeepSpeed cannot switch it off), random dr
 device of the tensor they fill, and a training step reads the device from the host once."""
 
 import os
-import socket
 import sys
 
 import pytest
@@ -16,7 +15,7 @@ from huginn_db.model import ModelConfig, RecurrentDepthLM
 from huginn_db.objectives import OBJECTIVES, build_objective
 from huginn_db.objectives.base import seed_of
 from huginn_db.objectives.diffusion_blocks import DiffusionBlocksConfig, DiffusionBlocksObjective
-from tests.conftest import ROOT, TINY_MODEL
+from tests.conftest import ROOT, TINY_MODEL, one_rank_env
 
 GOLDEN = ROOT / "tests" / "assets" / "golden.yaml"
 
@@ -49,10 +48,7 @@ def test_the_cuda_device_is_set_before_the_process_group_and_any_collective(env,
 @pytest.fixture(scope="module")
 def world_of_one():
     """A gloo process group of one rank in this process (trainers built with `setup`)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    env = one_rank_env()
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     threads = torch.get_num_threads()

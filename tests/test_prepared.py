@@ -95,17 +95,6 @@ def test_a_prepared_set_that_does_not_fit_the_run_is_refused_in_one_line(tmp_pat
     assert "not a prepared set" in _refusal(tmp_path, prepared=str(tmp_path))
 
 
-@pytest.fixture(scope="module")
-def spm_tok(tmp_path_factory):
-    from huginn_db.tokenizer import SentencePieceTokenizer, train_sentencepiece
-    from tests.test_text_data import WORDS
-
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("spm") / "train.txt"
-    path.write_text("\n".join(" ".join(rng.choice(WORDS, 8)) for _ in range(2000)))
-    return SentencePieceTokenizer(train_sentencepiece([str(path)], 300, str(path.parent)))
-
-
 def test_the_command_writes_a_set_and_refuses_an_existing_one_leaving_it_untouched(tmp_path, capsys, data_root):
     recipe = RECIPES / "text-small-db.yaml"
     text = (data_root / "tinystories" / "tinystories_val.txt").read_text()[:20_000]

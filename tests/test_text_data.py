@@ -8,23 +8,12 @@ import torch
 
 from huginn_db.data.reasoning import CharTokenizer
 from huginn_db.data.text import TextConfig, TextCorpus
-from huginn_db.tokenizer import SentencePieceTokenizer, train_sentencepiece
-
-WORDS = "the cat sat on a mat and saw 12 red dogs run far away from home today , . !".split()
+from tests.conftest import WORDS
 
 
 @pytest.fixture(autouse=True)
 def _private_datasets_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-
-
-@pytest.fixture(scope="module")
-def spm_tok(tmp_path_factory):
-    """A small SentencePiece model over WORDS (multi-line text needs more than the reasoning alphabet)."""
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("spm") / "train.txt"
-    path.write_text("\n".join(" ".join(rng.choice(WORDS, 8)) for _ in range(2000)))
-    return SentencePieceTokenizer(train_sentencepiece([str(path)], 300, str(path.parent)))
 
 
 def _docs(n: int, length: int = 9, seed: int = 0) -> list[str]:

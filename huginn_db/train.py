@@ -162,7 +162,9 @@ def setup(cfg: RunConfig) -> Trainer:
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     torch.manual_seed(cfg.seed)
     objective = build_objective(cfg.objective.name, cfg.objective_config(), cfg.seed)
+    t0 = time.perf_counter()
     corpus = build_corpus(cfg.data, cfg.seed, cfg.model.context)
+    data_seconds = time.perf_counter() - t0  # the part of start-up a prepared set saves
     cfg = resolve(cfg, corpus.tokenizer.vocab_size)
     model = RecurrentDepthLM(cfg.model)
     try:  # a corpus too small for one micro-batch fails here, not mid-run
@@ -190,7 +192,14 @@ def setup(cfg: RunConfig) -> Trainer:
     engine.module.autocast_dtype = autocast_dtype(cfg.train.precision, engine.device)
     progress = checkpointer.load(engine, resume_tag) if resume_tag is not None else Progress()
     if rank == 0:
-        log.info("objective=%s params=%s world=%d zero=%d", objective.name, params["total"], world, zero_stage(engine))
+        log.info(
+            "objective=%s params=%s world=%d zero=%d data=%.3fs",
+            objective.name,
+            params["total"],
+            world,
+            zero_stage(engine),
+            data_seconds,
+        )
     metrics = MetricsWriter(run, rank, engine.device, world, cfg.train.peak_flops, progress.step)
     guard = StepGuard(engine.module, cfg.train.skip_nonfinite, checkpointer.dir, engine.device, progress.skipped)
     return Trainer(

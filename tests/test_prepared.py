@@ -167,3 +167,20 @@ def test_loader_workers_build_the_same_micro_batches_in_order(tmp_path):
     for b in got:
         step, micro = divmod(b["micro_batch"], 2)
         assert torch.equal(b["input_ids"], corpus.train_batch(3, step, micro, 1, 2, 2)["input_ids"])
+
+
+def test_a_run_on_a_mismatched_prepared_set_exits_2_before_touching_its_run_dir(tmp_path, spm_tok):
+    text = _text(tmp_path)
+    P.prepare(text, 0, tmp_path / "set", progress=False)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "huginn_db.cli", "train", str(RECIPES / "text-small-db.yaml"), f"run_dir={run}"]
+    cmd += [
+        f"data.text.files=[{text.files[0]}]",
+        f"data.text.prepared={tmp_path / 'set'}",
+        "data.text.val_fraction=0.1",
+    ]
+    cmd += [f"data.text.tokenizer={spm_tok.model_path}", "data.text.split_seed=0", "data.text.seq_len=9"]
+    proc = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and not run.exists()
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("huginn-db: error:")]
+    assert len(errors) == 1 and "was tokenized with reasoning" in errors[0]

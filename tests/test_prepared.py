@@ -56,16 +56,16 @@ def test_a_killed_prepare_redoes_only_the_shards_it_had_not_finished(tmp_path, m
     text, done = _text(tmp_path), []
     real = P._encode_shard
     monkeypatch.setattr(P, "_encode_shard", lambda task: done.append(task[0]) or real(task))
-    monkeypatch.setattr(P, "_concatenate", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(P, "_split_shards", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):  # every shard written, killed before the set is published
         P.prepare(text, 0, tmp_path / "set", shard_docs=10, progress=False)
     first, done[:] = list(done), []
-    assert len(first) == 13 and not (tmp_path / "set").exists()
+    assert len(first) == 12 and not (tmp_path / "set").exists()
     monkeypatch.undo()
     monkeypatch.setattr(P, "_encode_shard", lambda task: done.append(task[0]) or real(task))
-    (tmp_path / "set.tmp" / "shards" / "train-000004.bin").unlink()  # one shard never finished
+    (tmp_path / "set.tmp" / "shards" / "shard-000004.bin").unlink()  # one shard never finished
     P.prepare(text, 0, tmp_path / "set", shard_docs=10, progress=False)
-    assert [p.rsplit("/", 1)[1] for p in done] == ["train-000004"]
+    assert [p.rsplit("/", 1)[1] for p in done] == ["shard-000004"]
     assert (
         not (tmp_path / "set.tmp").exists() and P.read_manifest(tmp_path / "set")["splits"]["train"]["documents"] == 108
     )

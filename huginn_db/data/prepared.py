@@ -10,9 +10,11 @@ version, the tokenizer's sha256, the sources with their sizes, token and documen
 dtype and the document split (seed, fraction). The split is the in-memory path's (same
 permutation of whole documents), so the packed windows, and a run's losses, are the same.
 
-Writing is restartable: documents are tokenized in shards (`--num-proc` worker processes, each
-with its own tokenizer) written under DIR.tmp/shards and kept there, so a killed prepare started
-again tokenizes only the shards it had not finished; DIR appears whole, by one rename, at the end.
+Writing is one pass over the sources and restartable: documents are tokenized in shards of
+`--shard-docs` (by `--num-proc` worker processes, each with its own tokenizer) written under
+DIR.tmp/shards and kept there, so a killed prepare started again tokenizes only the shards it
+had not finished; the split is applied to the finished shards, and DIR appears whole, by one
+rename, at the end.
 
 Reading (`PreparedWindows`) uses positioned reads of the rows a rank trains on: nothing is
 tokenized or held in memory, a rank reads only its own windows, and a resume needs nothing but
@@ -22,6 +24,7 @@ the step.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -59,26 +62,35 @@ def _init_worker(spec: str) -> None:
     _WORKER["tok"] = load_tokenizer(spec)
 
 
-def _encode_shard(task: tuple[str, list[str], str]) -> int:
-    """Tokenize one shard of documents into `path`.bin / .len.npy (renamed into place last)."""
+def _encode_shard(task: tuple[str, list[tuple[str, str]], str]) -> int:
+    """Tokenize one shard of (source, document) pairs into `path`.bin (the eos-separated
+    stream), .len.npy (tokens per document) and .jsonl (the documents, for the held-out text);
+    the .bin is renamed into place last, so it marks a finished shard."""
     path, docs, dtype = task
     tok = _WORKER["tok"]
     try:
-        ids = [tok.encode(d) + [tok.eos_id] for d in docs]
+        ids = [tok.encode(d) + [tok.eos_id] for _, d in docs]
     except ValueError as err:  # only the reasoning tokenizer rejects characters
         raise ValueError(
             f"data.text.tokenizer cannot encode this corpus: {err}; train one with `huginn-db tokenizer train`"
         ) from None
-    tmp = path + ".part"
-    np.concatenate([np.asarray(x, dtype=dtype) for x in ids]).tofile(tmp)
-    np.save(path + ".len.npy", np.asarray([len(x) for x in ids], dtype=np.int64))
-    os.replace(tmp, path + ".bin")
-    return sum(len(x) for x in ids)
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    with open(path + ".jsonl", "w") as f:
+        f.writelines(json.dumps({"source": label, "text": d}) + "\n" for label, d in docs)
+    np.save(path + ".len.npy", lengths)
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
+    flat.tofile(path + ".part")
+    os.replace(path + ".part", path + ".bin")
+    return int(lengths.sum())
 
 
 def prepare(text_cfg, split_seed: int, out: Path, num_proc: int = 1, shard_docs: int = 2048, progress=True) -> dict:
     """Tokenize data.text's sources into DIR `out`; returns the manifest. Raises ValueError for
-    bad sources, a tokenizer that cannot encode them, or an `out` that already holds a set."""
+    bad sources, a tokenizer that cannot encode them, or an `out` that already holds a set.
+
+    One pass over the sources: documents go in source order to shards, tokenized by `num_proc`
+    processes (1: this one) whatever the split; once every shard is done the document count
+    gives the split, and the shards are cut into the two token files."""
     from tqdm import tqdm
 
     out = Path(out)
@@ -86,21 +98,16 @@ def prepare(text_cfg, split_seed: int, out: Path, num_proc: int = 1, shard_docs:
         raise ValueError(f"{out} already holds a prepared set; remove it or choose another --out")
     if out.exists():
         raise ValueError(f"{out} exists and is not a prepared set; choose another --out")
+    start = time.perf_counter()
     tok = load_tokenizer(text_cfg.tokenizer)
     dtype = token_dtype(tok.vocab_size).name
     docs = TextDocuments(text_cfg)
-    n_docs = sum(1 for _ in docs._all_documents(streaming=True))
-    n_val = max(1, round(text_cfg.val_fraction * n_docs))
-    if n_docs <= n_val:
-        raise ValueError(f"data.text: {n_docs} document(s) cannot be split into train and val ({n_val} held out)")
-    is_val = np.zeros(n_docs, dtype=bool)
-    is_val[np.random.default_rng([split_seed, 0]).permutation(n_docs)[:n_val]] = True
     plan = {
         "format": FORMAT,
         "tokenizer": {"spec": str(text_cfg.tokenizer), "sha256": tokenizer_sha256(text_cfg.tokenizer)},
         "sources": [{"source": s.label, "bytes": _size(s.label)} for s in docs._sources],
         "dtype": dtype,
-        "split": {"seed": split_seed, "val_fraction": text_cfg.val_fraction, "documents": n_docs},
+        "split": {"seed": split_seed, "val_fraction": text_cfg.val_fraction},
         "shard_docs": shard_docs,
     }
     tmp = out.with_name(out.name + ".tmp")
@@ -110,52 +117,49 @@ def prepare(text_cfg, split_seed: int, out: Path, num_proc: int = 1, shard_docs:
     shards.mkdir(parents=True, exist_ok=True)
     (tmp / "plan.json").write_text(json.dumps(plan, indent=1))
 
-    names = {s: [] for s in SPLITS}
-    pending = {s: [] for s in SPLITS}
-    start, tokens = time.perf_counter(), 0
-    pool = (
-        ProcessPoolExecutor(num_proc, initializer=_init_worker, initargs=(text_cfg.tokenizer,))
-        if num_proc > 1
-        else None
-    )
-    if pool is None:
+    names, pending, running, tokens = [], [], [], 0
+    pool = None
+    if num_proc > 1:
+        pool = ProcessPoolExecutor(num_proc, initializer=_init_worker, initargs=(text_cfg.tokenizer,))
+    else:
         _init_worker(text_cfg.tokenizer)
-    futures = []
+    bar = tqdm(unit="tok", unit_scale=True, disable=not progress, desc="tokenize", mininterval=1)
 
-    def flush(split):
-        path = str(shards / f"{split}-{len(names[split]):06d}")
-        names[split].append(path)
-        batch, pending[split] = pending[split], []
+    def collect(future) -> None:
+        nonlocal tokens
+        tokens += future.result()
+        bar.update(tokens - bar.n)
+
+    def flush() -> None:
+        path = str(shards / f"shard-{len(names):06d}")
+        names.append(path)
+        batch = pending[:]
+        pending.clear()
         if Path(path + ".bin").exists():  # done by an earlier, interrupted prepare
             return
-        task = (path, batch, dtype)
-        futures.append(pool.submit(_encode_shard, task) if pool else _Done(_encode_shard(task)))
-        while sum(not f.done() for f in futures) > 2 * num_proc:  # bound the text in flight
-            next(f for f in futures if not f.done()).result()
+        if pool is None:
+            bar.update(_encode_shard((path, batch, dtype)))
+            return
+        running.append(pool.submit(_encode_shard, (path, batch, dtype)))
+        while len(running) > 2 * num_proc:  # bound the text in flight
+            collect(running.pop(0))
 
-    bar = tqdm(total=n_docs, unit="doc", disable=not progress, desc="tokenize", mininterval=1)
     try:
-        with open(tmp / "val.jsonl.part", "w") as val_text:
-            for i, (label, doc) in enumerate(docs._all_documents(streaming=True, labelled=True)):
-                split = "val" if is_val[i] else "train"
-                pending[split].append(doc)
-                if split == "val":
-                    val_text.write(json.dumps({"source": label, "text": doc}) + "\n")
-                if len(pending[split]) == shard_docs:
-                    flush(split)
-                bar.update()
-            for split in SPLITS:
-                if pending[split]:
-                    flush(split)
-            for f in futures:
-                tokens += f.result()
-                bar.set_postfix(tokens_per_s=f"{tokens / (time.perf_counter() - start):,.0f}", refresh=False)
+        for pair in docs._all_documents(streaming=True, labelled=True):
+            pending.append(pair)
+            if len(pending) == shard_docs:
+                flush()
+        if pending:
+            flush()
+        while running:
+            collect(running.pop(0))
     finally:
         bar.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    os.replace(tmp / "val.jsonl.part", tmp / "val.jsonl")
-    manifest = {**plan, "splits": {s: _concatenate(names[s], tmp / f"{s}.bin", dtype) for s in SPLITS}}
+    splits = _split_shards(names, tmp, dtype, split_seed, text_cfg.val_fraction)
+    manifest = {**plan, "split": {**plan["split"], "documents": sum(v["documents"] for v in splits.values())}}
+    manifest["splits"] = splits
     manifest["seconds"] = round(time.perf_counter() - start, 3)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     shutil.rmtree(shards)
@@ -163,38 +167,49 @@ def prepare(text_cfg, split_seed: int, out: Path, num_proc: int = 1, shard_docs:
     return manifest
 
 
-class _Done:
-    """A finished result in a future's clothes (num_proc=1 tokenizes in this process)."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def done(self) -> bool:
-        return True
-
-    def result(self):
-        return self.value
+def _split_shards(names: list[str], tmp: Path, dtype: str, seed: int, val_fraction: float) -> dict:
+    """The in-memory split (a seeded permutation of all documents, whole documents held out)
+    applied to the shards: train.bin / val.bin with their offsets, and val.jsonl."""
+    lengths = [np.load(n + ".len.npy") for n in names]
+    n_docs = sum(len(x) for x in lengths)
+    n_val = max(1, round(val_fraction * n_docs))
+    if n_docs <= n_val:
+        raise ValueError(f"data.text: {n_docs} document(s) cannot be split into train and val ({n_val} held out)")
+    is_val = np.zeros(n_docs, dtype=bool)
+    is_val[np.random.default_rng([seed, 0]).permutation(n_docs)[:n_val]] = True
+    counts = {"train": [], "val": []}
+    first = 0
+    with (
+        open(tmp / "train.bin", "wb") as train,
+        open(tmp / "val.bin", "wb") as val,
+        open(tmp / "val.jsonl", "w") as text,
+    ):
+        for name, n in zip(names, lengths):
+            held = is_val[first : first + len(n)]
+            first += len(n)
+            stream = np.fromfile(name + ".bin", dtype=dtype)
+            mask = np.repeat(held, n)
+            stream[~mask].tofile(train)
+            stream[mask].tofile(val)
+            counts["train"].append(n[~held])
+            counts["val"].append(n[held])
+            if held.any():
+                with open(name + ".jsonl") as f:
+                    text.writelines(line for line, h in zip(f, held) if h)
+    out = {}
+    for split, parts in counts.items():
+        offsets = np.concatenate([[0], np.cumsum(np.concatenate(parts))]).astype(np.int64)
+        np.save(tmp / f"{split}.idx.npy", offsets)
+        size = np.dtype(dtype).itemsize * int(offsets[-1])
+        if (tmp / f"{split}.bin").stat().st_size != size:
+            raise OSError(f"{tmp / split}.bin: {(tmp / f'{split}.bin').stat().st_size} bytes written, {size} expected")
+        out[split] = {"tokens": int(offsets[-1]), "documents": len(offsets) - 1, "bytes": size}
+    return out
 
 
 def _size(label: str) -> int | None:
     path = Path(label)
     return path.stat().st_size if path.is_file() else None
-
-
-def _concatenate(shards: list[str], dest: Path, dtype: str) -> dict:
-    """The shards' tokens, in order, into `dest`, and the documents' offsets beside it."""
-    lengths = [np.load(s + ".len.npy") for s in shards]
-    with open(dest, "wb") as f:
-        for s in shards:
-            with open(s + ".bin", "rb") as part:
-                shutil.copyfileobj(part, f, 1 << 24)
-    counts = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    np.save(dest.with_name(dest.stem + ".idx.npy"), offsets)
-    size = np.dtype(dtype).itemsize * int(offsets[-1])
-    if dest.stat().st_size != size:
-        raise OSError(f"{dest}: wrote {dest.stat().st_size} bytes, expected {size}")
-    return {"tokens": int(offsets[-1]), "documents": len(counts), "bytes": size}
 
 
 # --- reading ----------------------------------------------------------------------------------

@@ -39,6 +39,14 @@ def one_rank_env() -> dict[str, str]:
     return dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
 
 
+def forget_deepspeed_world() -> None:
+    """DeepSpeed caches the world group of the first process group a process makes; a test
+    that starts a new one after another test destroyed it (an in-process `main`) must drop it."""
+    import deepspeed.utils.groups
+
+    deepspeed.utils.groups._WORLD_GROUP = None
+
+
 def clean_env() -> dict[str, str]:
     """The environment minus a launcher's rank variables, for a child that starts its own world."""
     return {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}

@@ -11,7 +11,7 @@ from huginn_db.components.distributed import init_distributed
 from huginn_db.components.optim import build_optimizer
 from huginn_db.config import load_config, resolve
 from huginn_db.model import RecurrentDepthLM
-from tests.conftest import RECIPES, one_rank_env
+from tests.conftest import RECIPES, forget_deepspeed_world, one_rank_env
 
 DS = RECIPES / "deepspeed"
 
@@ -46,6 +46,7 @@ def zero3_engine(monkeypatch):
         ["deepspeed=deepspeed/zero3-cpu.json", "model.hidden=32", "model.mlp_hidden=64", "train.micro_batch_size=2"],
     )
     cfg = resolve(cfg, cfg.model.vocab_size)
+    forget_deepspeed_world()
     init_distributed()
     engine = E.build_engine(
         (model := RecurrentDepthLM(cfg.model)), *build_optimizer(model, cfg.train), E.deepspeed_config(cfg, 1)

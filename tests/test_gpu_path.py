@@ -15,7 +15,7 @@ from huginn_db.model import ModelConfig, RecurrentDepthLM
 from huginn_db.objectives import OBJECTIVES, build_objective
 from huginn_db.objectives.base import seed_of
 from huginn_db.objectives.diffusion_blocks import DiffusionBlocksConfig, DiffusionBlocksObjective
-from tests.conftest import ROOT, TINY_MODEL, one_rank_env
+from tests.conftest import ROOT, TINY_MODEL, forget_deepspeed_world, one_rank_env
 
 GOLDEN = ROOT / "tests" / "assets" / "golden.yaml"
 
@@ -53,6 +53,7 @@ def world_of_one():
     os.environ.update(env)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    forget_deepspeed_world()
     distributed.init_distributed()
     yield
     torch.distributed.destroy_process_group()

@@ -200,18 +200,24 @@ EOF
     fi
 }
 
-# --- b: bf16 inside engine(...) -----------------------------------------------------------------
-part_b() {
-    local log=$OUT/b-bf16.log t0=$SECONDS status
-    rm -rf "$OUT/b-bf16" "$log"
-    run_part 150 "$log" "$PY" eval/gpu_checks.py bf16 "${CPU[@]}" --out "$OUT/b-bf16" --json "$OUT/b-bf16.json"
+# --- b and d: eval/gpu_checks.py, one line per check and one for the part ----------------------
+checks_part() {  # PART MODE TIMEOUT DESCRIPTION [gpu_checks.py args...]
+    local part=$1 mode=$2 limit=$3 what=$4 log=$OUT/$1-$2.log t0=$SECONDS status
+    shift 4
+    rm -f "$log" "$OUT/$part-$mode.json"
+    run_part "$limit" "$log" "$PY" eval/gpu_checks.py "$mode" "${CPU[@]}" --json "$OUT/$part-$mode.json" "$@"
     status=$?
     checks_lines "$log"
     if ((status == 0)); then
-        line PASS b "bf16 in engine(...), every objective ($((SECONDS - t0)) s)"
+        line PASS "$part" "$what ($((SECONDS - t0)) s)"
     else
-        line FAIL b "bf16 in engine(...): $(why $status "$log")"
+        line FAIL "$part" "$what: $(why $status "$log")"
     fi
+}
+
+part_b() {
+    rm -rf "$OUT/b-bf16"
+    checks_part b bf16 150 "bf16 in engine(...), every objective" --out "$OUT/b-bf16"
 }
 
 # --- c: text BPTT on a fresh tokenizer ----------------------------------------------------------
@@ -261,16 +267,7 @@ EOF
 
 # --- d: kernels ---------------------------------------------------------------------------------
 part_d() {
-    local log=$OUT/d-kernels.log t0=$SECONDS status
-    rm -f "$log"
-    run_part 240 "$log" "$PY" eval/gpu_checks.py kernels "${CPU[@]}" --json "$OUT/d-kernels.json"
-    status=$?
-    checks_lines "$log"
-    if ((status == 0)); then
-        line PASS d "kernels: attention, checkpoint/chunk/compile, KV cache ($((SECONDS - t0)) s)"
-    else
-        line FAIL d "kernels: $(why $status "$log")"
-    fi
+    checks_part d kernels 240 "kernels: attention, checkpoint/chunk/compile, KV cache"
 }
 
 # --- e: training benchmark ----------------------------------------------------------------------

@@ -200,7 +200,7 @@ def setup(cfg: RunConfig) -> Trainer:
             zero_stage(engine),
             data_seconds,
         )
-    metrics = MetricsWriter(run, rank, engine.device, world, cfg.train.peak_flops, progress.step)
+    metrics = MetricsWriter(run, rank, engine.device, world, cfg.train.peak_flops, progress.step, engine.monitor)
     guard = StepGuard(engine.module, cfg.train.skip_nonfinite, checkpointer.dir, engine.device, progress.skipped)
     return Trainer(
         cfg,
@@ -283,7 +283,7 @@ def _loop(t: Trainer, show_progress: bool) -> dict:
         if cfg.eval.every and done % cfg.eval.every == 0 and done < tc.max_steps:
             scores = t.evaluate([t.objective.default_num_steps], cfg.eval.every_examples)
             if scores is not None:
-                t.metrics.write({"step": done, "tokens": p.tokens, **scores})
+                t.metrics.write({"step": done, "tokens": p.tokens, **scores}, section="eval")
         if tc.save_every and done % tc.save_every == 0 and done < tc.max_steps:
             t.checkpointer.save(t.engine, p, t.corpus)
         if done < tc.max_steps and t.guard.preempt:
@@ -315,6 +315,7 @@ def _finish(t: Trainer, start: int) -> dict:
     scores = t.evaluate() if cfg.eval.num_steps else None
     if t.rank == 0:
         summary.update(scores or {})
+        t.metrics.track(scores or {}, "final", cfg.train.max_steps)
         records = [json.loads(line) for line in (t.run / "metrics.jsonl").read_text().splitlines()]
         losses = [r["loss"] for r in records if "loss" in r]
         summary["final_loss"] = losses[-1] if losses else None

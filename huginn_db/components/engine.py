@@ -3,10 +3,18 @@ and a hook-free copy of the trained module for evaluation."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+from pathlib import Path
+
 import torch
 
 from huginn_db.config import RunConfig, check_deepspeed_json
+from huginn_db.errors import ConfigError
 from huginn_db.model import RecurrentDepthLM
+
+# DeepSpeed's monitors (its MonitorMaster): a JSON section with "enabled": true switches one on
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "csv_monitor": None, "comet": "comet_ml"}
 
 
 def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
@@ -18,7 +26,36 @@ def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
     ds["gradient_clipping"] = t.grad_clip
     ds.setdefault("steps_per_print", 10**9)  # we log ourselves
     ds.setdefault("zero_allow_untested_optimizer", True)  # SkippableAdamW is AdamW plus a skip flag
+    point_trackers(ds, cfg)
     return ds
+
+
+def point_trackers(ds: dict, cfg: RunConfig) -> list[str]:
+    """The trackers the JSON enables, writing into the run directory where it names no place
+    (DeepSpeed's default is the launch directory): run_dir/tensorboard/, run_dir/csv_monitor/,
+    W&B's files under run_dir/wandb/. A tracker whose package is missing is refused here, before
+    the run directory is touched."""
+    run, on = Path(cfg.run_dir), [k for k in TRACKERS if (ds.get(k) or {}).get("enabled")]
+    for name in on:
+        package = TRACKERS[name]
+        if package and importlib.util.find_spec(package) is None:
+            raise ConfigError(
+                f"deepspeed: {Path(cfg.deepspeed).name} enables '{name}', but the {package} package is not "
+                f"installed; pip install {package}, or remove the section"
+            )
+        sec = ds[name] = dict(ds[name])
+        if name in ("tensorboard", "csv_monitor"):
+            if not sec.get("output_path"):  # DeepSpeed writes to output_path/job_name
+                sec["output_path"] = str(run / name)
+                sec.setdefault("job_name", "")
+            sec.setdefault("job_name", run.name)  # a shared output_path: one directory per run
+        if name == "comet":
+            sec.setdefault("experiment_name", run.name)
+            sec.setdefault("samples_log_interval", 1)  # our events' step is the optimizer step, not samples
+    if "wandb" in on:  # wandb.init takes neither from DeepSpeed: its environment variables do
+        os.environ.setdefault("WANDB_DIR", str(run))
+        os.environ.setdefault("WANDB_NAME", run.name)
+    return on
 
 
 def config_stage(ds_config: dict) -> int:

@@ -1,4 +1,5 @@
-"""The run directory and its metrics.jsonl: one JSON object per logged step, written by rank 0."""
+"""The run directory and its metrics.jsonl: one JSON object per logged step, written by rank 0,
+and the same numbers sent to the trackers the DeepSpeed JSON enables."""
 
 from __future__ import annotations
 
@@ -34,10 +35,47 @@ def prepare_run_dir(cfg: RunConfig, rank: int) -> Path:
     return run
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop records past `step`: a killed run may have logged steps its last checkpoint lacks."""
-    keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]  # noqa: E741
+def truncate_metrics(path: Path, step: int) -> int:
+    """Drop records past `step`: a killed run may have logged steps its last checkpoint lacks.
+    Returns how many were dropped."""
+    rows = [l for l in path.read_text().splitlines() if l.strip()]  # noqa: E741
+    keep = [l for l in rows if json.loads(l)["step"] <= step]  # noqa: E741
     path.write_text("".join(l + "\n" for l in keep))  # noqa: E741
+    return len(rows) - len(keep)
+
+
+def tracker_events(rec: dict, section: str, step: int) -> list[tuple[str, float, int]]:
+    """A record as DeepSpeed monitor events (name, value, step): `section/key`, nested keys
+    joined by "/" (eval/accuracy/8/d1, train/bands/3); numbers only (None, text, flags left out)."""
+    events = []
+
+    def walk(name, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{name}/{k}", v)
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(f"{name}/{i}", v)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            events.append((name, float(value), step))
+
+    for key, value in rec.items():
+        if key != "step":
+            walk(f"{section}/{key}", value)
+    return events
+
+
+def mark_restart(monitor, step: int) -> None:
+    """Tell TensorBoard the run restarted after `step`: its reader then drops the points a killed
+    run logged past its checkpoint (TensorBoard's purge of orphaned data), as metrics.jsonl does.
+    The purge spans every tag, DeepSpeed's own Train/Samples/* (a samples axis) included."""
+    writer = getattr(getattr(monitor, "tb_monitor", None), "summary_writer", None)
+    if writer is None:
+        return
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+    writer.file_writer.add_event(Event(step=step + 1, session_log=SessionLog(status=SessionLog.START)))
+    writer.flush()
 
 
 def host_value(v):
@@ -49,12 +87,14 @@ def host_value(v):
 
 class MetricsWriter:
     """Collects micro-batch losses between log steps; `log` averages them over every rank (a
-    collective) and rank 0 appends the record."""
+    collective) and rank 0 appends the record, and sends it to `monitor` (the engine's
+    MonitorMaster) where the DeepSpeed JSON enables a tracker."""
 
-    def __init__(self, run: Path, rank: int, device, world: int, peak_flops: float | None, start: int):
+    def __init__(self, run: Path, rank: int, device, world: int, peak_flops: float | None, start: int, monitor=None):
         self.rank, self.device, self.world, self.peak_flops = rank, device, world, peak_flops
-        if rank == 0:
-            truncate_metrics(run / "metrics.jsonl", start)
+        self.monitor = monitor if rank == 0 and getattr(monitor, "enabled", False) else None
+        if rank == 0 and truncate_metrics(run / "metrics.jsonl", start) and self.monitor:
+            mark_restart(self.monitor, start)
         self.file = (run / "metrics.jsonl").open("a") if rank == 0 else None
         self.losses = torch.zeros(2, dtype=torch.float64, device=device)  # Σ finite losses, their count
         self.rss_before = peak_memory_bytes(device)  # CPU: what model, engine and data already hold
@@ -108,10 +148,16 @@ class MetricsWriter:
         self.write(rec)
         return rec
 
-    def write(self, rec: dict) -> None:
+    def write(self, rec: dict, section: str = "train") -> None:
+        """Append `rec` to metrics.jsonl; trackers get its numbers as `section/key`."""
         if self.file:
             self.file.write(json.dumps(rec) + "\n")
             self.file.flush()
+        self.track(rec, section, rec["step"])
+
+    def track(self, rec: dict, section: str, step: int) -> None:
+        if self.monitor:
+            self.monitor.write_events(tracker_events(rec, section, step))
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t_start

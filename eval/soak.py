@@ -4,9 +4,11 @@ same run never interrupted.
     python eval/soak.py                                   # every objective, 30 kills each
     python eval/soak.py --objectives bptt --kills 10 --json runs/soak.json
     python eval/soak.py --nproc 2 --zero 3 --kills 6      # 2 ranks under ZeRO-3 (a kill takes both)
+    python eval/soak.py --objectives fixed_depth --kills 4 --steps 6 --points prune    # one kill point
 
-A run (tiny model, a checkpoint every step) is started, killed, resumed with resume=auto, killed
-again, ... until it reaches train.max_steps. Each start draws where its kill lands:
+A run (tiny model, a checkpoint every step, train.keep_last=2, keep_every=4) is started, killed,
+resumed with resume=auto, killed again, ... until it reaches train.max_steps. Each start draws
+where its kill lands:
   step      SIGKILL from outside at a random moment after a random step's metrics row: in the
             next step's training, the save of that step, or the final evaluation
   write     inside DeepSpeed's save: the process kills itself after its k-th torch.save of a
@@ -14,9 +16,12 @@ again, ... until it reaches train.max_steps. Each start draws where its kill lan
   manifest  every rank has written, before the manifest exists
   rename    the manifest is written, before .tmp-stepN/ is renamed to stepN/
   latest    stepN/ is in place, before `latest` names it
+  prune     `latest` names the new checkpoint and an old one is being deleted: renamed to
+            .deleting-stepM/, one of its files removed (or a leftover's, at resume)
 (the in-process points patch huginn_db.checkpoint / torch.save in the trainer's interpreter,
 as the fault tests do). After every kill each stepN/ directory must pass its manifest check and
-resume=auto must find a checkpoint once one was published. At the end the final weights must be
+resume=auto must find a checkpoint once one was published; after the run, every checkpoint
+retention keeps must still be there. At the end the final weights must be
 torch.equal to the uninterrupted run's and metrics.jsonl must hold the same losses, step by step.
 Prints one row per objective: kills, kill points hit, checkpoints found unusable, losses.
 The /dev/shm files that appear during a start are removed after it (killed ranks leave theirs):
@@ -43,7 +48,8 @@ sys.path.insert(0, str(ROOT))
 from huginn_db.checkpoint import consolidated_state_dict, find_checkpoint, tag_step, verify  # noqa: E402
 
 OBJECTIVES = ["bptt", "diffusion_blocks", "deep_supervision", "fixed_depth"]
-POINTS = ["step", "write", "manifest", "rename", "latest"]
+POINTS = ["step", "write", "manifest", "rename", "latest", "prune"]
+KEEP_LAST, KEEP_EVERY = 2, 4
 TINY = [
     "model.hidden=64",
     "model.mlp_hidden=128",
@@ -58,6 +64,8 @@ TINY = [
     "train.precision=fp32",
     "train.threads=1",
     "train.save_every=1",
+    f"train.keep_last={KEEP_LAST}",
+    f"train.keep_every={KEEP_EVERY}",
 ]
 
 # Runs in the trainer's interpreter before huginn_db.train.main: kill this process at POINT.
@@ -76,6 +84,19 @@ if POINT == "write":
                 die()
         return save(obj, f, *a, **kw)
     torch.save = torch_save
+elif POINT == "prune":
+    import shutil
+    seen, rmtree = [0], shutil.rmtree
+    def tree(path, *a, **kw):
+        if ck.DELETING_PREFIX in str(path):
+            seen[0] += 1
+            if seen[0] == K:
+                files = sorted(e.path for e in os.scandir(path) if e.is_file())
+                if files:
+                    os.unlink(files[0])
+                die()
+        return rmtree(path, *a, **kw)
+    shutil.rmtree = tree
 else:
     calls, write_manifest, write_atomic = [0], ck.write_manifest, ck.write_atomic
     def manifest(tag_dir, meta):
@@ -193,7 +214,7 @@ def soak(args, objective: str, rng: random.Random, out: Path) -> dict:
         shutil.rmtree(run, ignore_errors=True)
         runs, starts = runs + 1, 0
         while True:
-            point = "step" if args.nproc > 1 else rng.choice(POINTS)
+            point = "step" if args.nproc > 1 else rng.choice(args.points)
             k = rng.randint(1, 6 if point == "write" else 3)
             prelude = None if point == "step" else PRELUDE.format(point=point, k=k)
             cmd = command(args, run, objective, ["resume=auto"] if starts else [], prelude)
@@ -216,6 +237,10 @@ def soak(args, objective: str, rng: random.Random, out: Path) -> dict:
             ckpt = run / "checkpoints"
             published = ckpt.is_dir() and any(tag_step(p.name) is not None for p in ckpt.glob("step*"))
             unusable += [f"kill {kills} ({point}): {line}" for line in audit(run, published)]
+        ckpt = run / "checkpoints"
+        for step in range(1, args.steps + 1):  # what keep_last / keep_every keep, by the run's end
+            if (step > args.steps - KEEP_LAST or step % KEEP_EVERY == 0) and verify(ckpt / f"step{step}"):
+                unusable.append(f"run {runs}: step{step} kept by retention, but {verify(ckpt / f'step{step}')}")
         b = consolidated_state_dict(run)
         equal &= a.keys() == b.keys() and all(a[key].equal(b[key]) for key in a)
         same_losses &= losses(run) == la
@@ -240,6 +265,7 @@ def main() -> int:
     ap.add_argument("--nproc", type=int, default=1)
     ap.add_argument("--zero", type=int, default=0, choices=[0, 1, 2, 3])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--points", nargs="+", default=POINTS, choices=POINTS, help="kill points to draw from")
     ap.add_argument("--out", default="runs/soak")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args()

@@ -9,6 +9,8 @@ Layout: run/checkpoints/<tag>/ (DeepSpeed's files + manifest.json) and run/check
 renamed to <tag>/ and only then named in `latest` (itself replaced atomically). A crash at any
 moment therefore leaves either the previous checkpoint or the new complete one; a truncated or
 altered file fails the manifest check on load and the next older complete checkpoint is used.
+Old checkpoints are deleted (`prune`, train.keep_last) by renaming them to .deleting-<tag>/ first,
+so a kill mid-deletion leaves a name no reader takes for a checkpoint; the next resume finishes it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 TMP_PREFIX = ".tmp-"
+DELETING_PREFIX = ".deleting-"
+UNIVERSAL_SUFFIX = "-universal"
 
 
 def _sha256(path: Path) -> str:
@@ -134,9 +138,46 @@ def find_checkpoint(ckpt: Path) -> tuple[str | None, list[str]]:
 
 
 def remove_partial(ckpt: Path) -> None:
-    """Drop the temporary directories of saves that never finished."""
-    for p in ckpt.glob(TMP_PREFIX + "*"):
+    """Drop the temporary directories of saves that never finished and the rest of deletions a
+    kill interrupted."""
+    for p in [*ckpt.glob(TMP_PREFIX + "*"), *ckpt.glob(DELETING_PREFIX + "*")]:
         shutil.rmtree(p, ignore_errors=True)
+
+
+def _retire(ckpt: Path, name: str) -> None:
+    """Delete checkpoints/<name>: one atomic rename out of every reader's sight, then the files."""
+    doomed = ckpt / (DELETING_PREFIX + name)
+    (ckpt / name).replace(doomed)
+    _fsync_dir(ckpt)
+    shutil.rmtree(doomed)
+
+
+def retained(ckpt: Path, keep_last: int, keep_every: int | None = None) -> list[str]:
+    """The published checkpoints (stepN/ with a manifest) that train.keep_last / keep_every keep:
+    the one `latest` names, the newest others up to keep_last in all, and those of steps that
+    keep_every divides."""
+    named = _latest(ckpt)
+    tags = [t for t in checkpoint_tags(ckpt, named) if (ckpt / t / MANIFEST).is_file()]
+    return [
+        t for i, t in enumerate(tags) if i < keep_last or t == named or keep_every and tag_step(t) % keep_every == 0
+    ]
+
+
+def prune(ckpt: Path, keep_last: int, keep_every: int | None = None) -> list[str]:
+    """Rank 0, after a save was published: delete the published checkpoints that `retained` does
+    not keep, and conversions whose source is gone; returns the deleted tags. Never touches the
+    one `latest` names (complete: it was just published), a save in progress (.tmp-*) or a stepN/
+    without a manifest (damaged by hand: resume passes over it with a warning, a person decides)."""
+    for p in ckpt.glob(DELETING_PREFIX + "*"):  # what an earlier prune left when killed
+        shutil.rmtree(p)
+    keep = set(retained(ckpt, keep_last, keep_every))
+    gone = [t for t in checkpoint_tags(ckpt, None) if t not in keep and (ckpt / t / MANIFEST).is_file()]
+    for tag in reversed(gone):  # oldest first
+        _retire(ckpt, tag)
+    for p in ckpt.glob("step*" + UNIVERSAL_SUFFIX):
+        if p.is_dir() and not (ckpt / p.name.removesuffix(UNIVERSAL_SUFFIX)).is_dir():
+            _retire(ckpt, p.name)
+    return gone
 
 
 def publish(ckpt: Path, tag: str, meta: dict) -> None:
@@ -150,9 +191,6 @@ def publish(ckpt: Path, tag: str, meta: dict) -> None:
     tmp.replace(final)
     _fsync_dir(ckpt)
     write_atomic(ckpt / "latest", tag)
-
-
-UNIVERSAL_SUFFIX = "-universal"
 
 
 def to_universal(ckpt: Path, tag: str) -> str:

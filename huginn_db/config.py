@@ -96,6 +96,10 @@ class TrainConfig:
     """Write a metrics.jsonl record every N steps."""
     save_every: int = 0
     """Checkpoint every N steps (0: only at the end)."""
+    keep_last: typing.Optional[int] = None
+    """Keep the newest N checkpoints, deleting older ones after each save (None: keep all)."""
+    keep_every: typing.Optional[int] = None
+    """With keep_last: also keep, for good, the checkpoints of steps divisible by M."""
     threads: typing.Optional[int] = None
     """torch intra-op threads on CPU (None: torch's default)."""
     peak_flops: typing.Optional[float] = None
@@ -117,6 +121,10 @@ class TrainConfig:
             )
         if self.skip_nonfinite < 0 or self.save_every < 0 or not self.dist_timeout > 0:
             raise ValueError("skip_nonfinite and save_every must be >= 0 and dist_timeout > 0")
+        if min(n for n in (self.keep_last, self.keep_every, 1) if n is not None) < 1:
+            raise ValueError(f"keep_last and keep_every must be >= 1 or null, got {self.keep_last}, {self.keep_every}")
+        if self.keep_every is not None and self.keep_last is None:
+            raise ValueError("keep_every needs keep_last (without it every checkpoint is kept)")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto|bf16|fp32, got {self.precision!r}")
 

@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from huginn_db.checkpoint import TMP_PREFIX, find_checkpoint, publish, read_manifest, remove_partial, to_universal
+from huginn_db.checkpoint import (
+    TMP_PREFIX,
+    find_checkpoint,
+    prune,
+    publish,
+    read_manifest,
+    remove_partial,
+    to_universal,
+)
 from huginn_db.components.distributed import agree
 from huginn_db.components.engine import zero_stage
 from huginn_db.errors import CheckpointError, ConfigError
@@ -83,6 +91,19 @@ class Checkpointer:
                 f"could not write the checkpoint of step {step} ({reason}); "
                 + (f"{self.dir / prev} is intact and `latest` names it" if prev else "no earlier checkpoint exists")
             )
+        if rank == 0 and self.cfg.train.keep_last:
+            self.prune()
+
+    def prune(self) -> None:
+        """Old checkpoints past train.keep_last deleted; a failure costs disk space, not the run."""
+        tc = self.cfg.train
+        try:
+            gone = prune(self.dir, tc.keep_last, tc.keep_every)
+        except OSError as err:
+            log.warning("could not delete old checkpoints in %s: %s", self.dir, err)
+            return
+        if gone:
+            log.info("deleted checkpoints %s (train.keep_last=%d)", ", ".join(gone), tc.keep_last)
 
     def resume_point(self, stage: int) -> str | None:
         """The checkpoint tag to resume from (resume=auto), agreed by every rank (a collective).

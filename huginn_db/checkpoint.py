@@ -5,10 +5,15 @@
 
 Layout: run/checkpoints/<tag>/ (DeepSpeed's files + manifest.json) and run/checkpoints/latest
 (the tag to resume from). A checkpoint is written as checkpoints/.tmp-<tag>/, given a manifest
-(size and sha256 of every file, plus world size and ZeRO stage) once every rank has written,
+(size and digest of every file, plus world size and ZeRO stage) once every rank has written,
 renamed to <tag>/ and only then named in `latest` (itself replaced atomically). A crash at any
 moment therefore leaves either the previous checkpoint or the new complete one; a truncated or
 altered file fails the manifest check on load and the next older complete checkpoint is used.
+The digest is xxh3-128 over 64 MiB blocks, hashed on a thread pool (~20 GB/s per core, against
+~1.8 for sha256): with the size check it catches a truncated file and any change to a file's
+bytes, but for a chance of about 2^-128. It guards against damage, not forgery, as sha256 did
+here too (whoever can change a file can rewrite the manifest next to it). Manifests of sha256
+are still checked as they are.
 Old checkpoints are deleted (`prune`, train.keep_last) by renaming them to .deleting-<tag>/ first,
 so a kill mid-deletion leaves a name no reader takes for a checkpoint; the next resume finishes it.
 """
@@ -21,9 +26,11 @@ import logging
 import os
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+import xxhash
 import yaml
 
 from huginn_db.config import RunConfig, from_dict
@@ -37,11 +44,44 @@ MANIFEST = "manifest.json"
 TMP_PREFIX = ".tmp-"
 DELETING_PREFIX = ".deleting-"
 UNIVERSAL_SUFFIX = "-universal"
+DIGEST = "xxh3_128"
+BLOCK = 64 << 20  # hashed apart, so one large file's blocks hash on several threads
+READ = 8 << 20
 
 
 def _sha256(path: Path) -> str:
+    """The digest of manifests written before xxh3-128 (whole file, one thread)."""
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _block(path: Path, offset: int, size: int) -> bytes:
+    """xxh3-128 of `size` bytes of `path` from `offset` (fewer where the file is shorter)."""
+    h, buf = xxhash.xxh3_128(), bytearray(min(size, READ))
+    view = memoryview(buf)
+    with path.open("rb", buffering=0) as f:
+        f.seek(offset)
+        while size > 0 and (n := f.readinto(view[: min(size, READ)])):
+            h.update(view[:n])  # releases the GIL, as the read does
+            size -= n
+    return h.digest()
+
+
+def _pool(jobs: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max(1, min(jobs, 8, len(os.sched_getaffinity(0)))))
+
+
+def digests(paths: list[Path], block: int = BLOCK) -> list[str]:
+    """Each file's xxh3-128 digest: the xxh3-128 of its blocks' digests, so the blocks of every
+    file hash in parallel."""
+    sizes = [p.stat().st_size for p in paths]
+    jobs = [(i, off, min(block, n - off)) for i, n in enumerate(sizes) for off in range(0, max(n, 1), block)]
+    with _pool(len(jobs)) as pool:
+        blocks = list(pool.map(lambda j: _block(paths[j[0]], j[1], j[2]), jobs))
+    per_file = [b""] * len(paths)
+    for (i, _, _), d in zip(jobs, blocks):
+        per_file[i] += d
+    return [xxhash.xxh3_128(b).hexdigest() for b in per_file]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -64,12 +104,12 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def write_manifest(tag_dir: Path, meta: dict) -> None:
+    paths = [p for p in sorted(tag_dir.rglob("*")) if p.is_file() and p.name != MANIFEST]
     files = {
-        str(p.relative_to(tag_dir)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-        for p in sorted(tag_dir.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
+        str(p.relative_to(tag_dir)): {"bytes": p.stat().st_size, DIGEST: d}
+        for p, d in zip(paths, digests(paths, BLOCK))
     }
-    write_atomic(tag_dir / MANIFEST, json.dumps({**meta, "files": files}, indent=1))
+    write_atomic(tag_dir / MANIFEST, json.dumps({**meta, "block_bytes": BLOCK, "files": files}, indent=1))
 
 
 def read_manifest(tag_dir: Path) -> dict:
@@ -81,19 +121,30 @@ def verify(tag_dir: Path) -> str | None:
     if not tag_dir.is_dir():
         return "directory missing"
     try:
-        files = read_manifest(tag_dir)["files"]
+        manifest = read_manifest(tag_dir)
+        files, block = manifest["files"], manifest.get("block_bytes", BLOCK)
+        algorithm = "sha256" if any("sha256" in want for want in files.values()) else DIGEST
+        if not isinstance(block, int) or block < 1:
+            raise ValueError(block)
     except FileNotFoundError:
         return f"no {MANIFEST} (the save did not finish)"
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return f"unreadable {MANIFEST}"
-    for name, want in files.items():
+    for name, want in files.items():  # sizes first: a missing or cut file is found without reading
         p = tag_dir / name
         if not p.is_file():
             return f"{name} missing"
         if p.stat().st_size != want["bytes"]:
             return f"{name} truncated ({p.stat().st_size} of {want['bytes']} bytes)"
-        if _sha256(p) != want["sha256"]:
-            return f"{name} corrupted (sha256 mismatch)"
+    paths = [tag_dir / name for name in files]
+    if algorithm == DIGEST:
+        found = digests(paths, block)
+    else:
+        with _pool(len(paths)) as pool:
+            found = list(pool.map(_sha256, paths))
+    for (name, want), got in zip(files.items(), found):
+        if got != want.get(algorithm):
+            return f"{name} corrupted ({algorithm} mismatch)"
     return None
 
 

@@ -81,7 +81,7 @@ def _flip(run):
     data = bytearray(p.read_bytes())
     data[len(data) // 2] ^= 0xFF
     p.write_bytes(bytes(data))
-    return "corrupted (sha256 mismatch)"
+    return "corrupted (xxh3_128 mismatch)"
 
 
 def _latest_garbage(run):

@@ -6,6 +6,7 @@ import datetime
 import os
 import signal
 import socket
+from pathlib import Path
 
 import torch
 
@@ -36,6 +37,25 @@ def init_distributed(timeout: float = 1800.0) -> None:
         deepspeed.init_distributed(
             dist_backend="nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(seconds=timeout)
         )
+        unlink_shm_segment()
+
+
+def unlink_shm_segment() -> None:
+    """Remove the name of this rank's shared-memory segment for DeepSpeed's CPU collectives.
+
+    DeepSpeed maps one 66 MB segment per rank, named after MASTER_ADDR, MASTER_PORT and the
+    rank, and never unlinks it: every run of local CPU ranks left them in /dev/shm (tmpfs:
+    memory), a SIGKILLed one too, and a later run on the same port opened the dead run's
+    segments, whose flags can say a peer's copy is done before it is. Every rank maps every
+    peer's segment while DeepSpeed starts, so after a barrier the names are not needed; the
+    mappings live until the process ends."""
+    env = os.environ
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{env.get('MASTER_ADDR', '')}_{env.get('MASTER_PORT', '')}"
+    path = Path("/dev/shm", f"{name}_{torch.distributed.get_rank()}")
+    if torch.distributed.get_backend() != "gloo":
+        return
+    torch.distributed.barrier()
+    path.unlink(missing_ok=True)
 
 
 def local_rank() -> int:

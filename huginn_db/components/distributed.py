@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import signal
 import socket
 from pathlib import Path
 
 import torch
+
+from huginn_db.errors import ConfigError
 
 
 def init_distributed(timeout: float = 1800.0) -> None:
@@ -34,10 +37,31 @@ def init_distributed(timeout: float = 1800.0) -> None:
         # deepspeed.initialize (which would set it) runs after the first broadcast
         torch.cuda.set_device(local_rank())
     if not torch.distributed.is_initialized():
+        check_shm_space()
         deepspeed.init_distributed(
             dist_backend="nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(seconds=timeout)
         )
         unlink_shm_segment()
+
+
+SHM_SEGMENT_BYTES = 69_206_024  # DeepSpeed's allreduce_workspace: two flags, 2 × 1 MiB + 2 × 32 MiB
+
+
+def check_shm_space() -> None:
+    """Refuse to start local CPU ranks when /dev/shm cannot hold their collectives' segments.
+
+    DeepSpeed writes each segment with one unchecked write(): on a full /dev/shm the file is
+    short, the rank dies of SIGBUS when it touches the mapping, and its peers report a lost rank
+    (exit 5) instead of the cause."""
+    world, local = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_SIZE", 0))
+    if torch.cuda.is_available() or local != world or not Path("/dev/shm").is_dir():
+        return  # NCCL, or ranks on several hosts: DeepSpeed makes no segments
+    free, need = shutil.disk_usage("/dev/shm").free, local * SHM_SEGMENT_BYTES
+    if free < need:
+        raise ConfigError(
+            f"/dev/shm has {free / 2**20:.0f} MiB free, DeepSpeed's CPU collectives need {need / 2**20:.0f} MiB "
+            f"for {local} local rank(s); remove stale deepspeed_allreduce_buffer_* files of dead runs or enlarge it"
+        )
 
 
 def unlink_shm_segment() -> None:

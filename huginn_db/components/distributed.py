@@ -50,9 +50,9 @@ SHM_SEGMENT_BYTES = 69_206_024  # DeepSpeed's allreduce_workspace: two flags, 2 
 def check_shm_space() -> None:
     """Refuse to start local CPU ranks when /dev/shm cannot hold their collectives' segments.
 
-    DeepSpeed writes each segment with one unchecked write(): on a full /dev/shm the file is
-    short, the rank dies of SIGBUS when it touches the mapping, and its peers report a lost rank
-    (exit 5) instead of the cause."""
+    DeepSpeed writes each segment with one unchecked write(): on a full /dev/shm it fails and
+    the rank dies of SIGSEGV on the failed mapping, while its peers report a lost rank (exit 5)
+    instead of the cause; on a nearly full one the segment is short."""
     world, local = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_SIZE", 0))
     if torch.cuda.is_available() or local != world or not Path("/dev/shm").is_dir():
         return  # NCCL, or ranks on several hosts: DeepSpeed makes no segments

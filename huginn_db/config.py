@@ -315,8 +315,10 @@ def load_config(recipe: str | Path, overrides: list[str] = ()) -> RunConfig:
         if name and not Path(name).is_absolute():
             local = path.parent / name
             setattr(jl, key, str((local if local.is_file() else Path(name)).resolve()))
-    if cfg.data.text.prepared:  # recorded absolute, so evaluation finds it from anywhere
-        cfg.data.text.prepared = str(Path(cfg.data.text.prepared).expanduser().resolve())
+    text = cfg.data.text
+    if text.prepared:  # recorded absolute, so evaluation finds it from anywhere
+        text.prepared = str(Path(text.prepared).expanduser().resolve())
+    text.mixture = [str(Path(d).expanduser().resolve()) for d in text.mixture]
     validate(cfg)
     check_deepspeed_json(cfg)
     return cfg

@@ -33,6 +33,7 @@ LAYERS = [
         "huginn_db.data.families",
         "huginn_db.data.reasoning",
         "huginn_db.data.prepared",
+        "huginn_db.data.mixture",
         "huginn_db.data.text",
     ],
     ["huginn_db.config"],

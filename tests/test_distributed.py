@@ -15,6 +15,7 @@ from huginn_db.checkpoint import consolidated_state_dict, load_run
 from tests.conftest import RECIPES, clean_env, metrics, train_command
 
 pytestmark = pytest.mark.slow
+SHM = Path("/dev/shm")
 
 TINY = [
     "model.hidden=64",
@@ -54,7 +55,7 @@ def launch(objective: str, run: Path, *overrides: str, nproc: int = 1, wait: boo
     ],
 )
 def test_two_process_zero(objective, stage, tmp_path):
-    run = tmp_path / "run"
+    run, segments = tmp_path / "run", set(SHM.glob("deepspeed_allreduce_buffer_*"))
     launch(
         objective,
         run,
@@ -73,6 +74,7 @@ def test_two_process_zero(objective, stage, tmp_path):
     state = consolidated_state_dict(run)
     _, model, _ = load_run(run)
     assert state["wte.weight"].shape == model.wte.weight.shape and state["wte.weight"].abs().sum() > 0
+    assert set(SHM.glob("deepspeed_allreduce_buffer_*")) <= segments  # DeepSpeed's CPU collectives left none
 
 
 @pytest.mark.parametrize("objective", ["db", "deep_supervision"])

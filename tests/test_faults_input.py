@@ -15,6 +15,7 @@ from lm_eval.api.instance import Instance
 from huginn_db import lm_eval as hl
 from huginn_db.cli import main as cli
 from huginn_db.data.reasoning import CharTokenizer
+from huginn_db.errors import ConfigError
 from huginn_db.tokenizer import train_sentencepiece
 from huginn_db.train import main as train_main
 from tests.conftest import RECIPES, one_rank_env, snapshot
@@ -345,3 +346,22 @@ def test_compare_refuses_an_unknown_task_before_training(tmp_path, capsys):
         == 2
     )
     assert "unknown task 'reasoning_cups_d17'" in capsys.readouterr().err and not out.exists()
+
+
+def test_local_cpu_ranks_are_refused_when_dev_shm_cannot_hold_their_collectives(monkeypatch):
+    import collections
+
+    from huginn_db.components import distributed
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(distributed.shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 100 * 2**20, 100 * 2**20))
+    monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: False)
+    for k, v in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="2", LOCAL_SIZE="2", MASTER_ADDR="127.0.0.1").items():
+        monkeypatch.setenv(k, v)
+    started = []
+    monkeypatch.setattr("deepspeed.init_distributed", lambda **kw: started.append(kw))
+    with pytest.raises(ConfigError, match=r"/dev/shm has 100 MiB free, DeepSpeed's CPU collectives need 132 MiB for 2"):
+        distributed.init_distributed()
+    assert not started  # refused before any process group, instead of a rank dying of SIGBUS in it
+    monkeypatch.setenv("LOCAL_SIZE", "1")  # ranks on two hosts: no segments, nothing to check
+    distributed.check_shm_space()

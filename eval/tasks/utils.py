@@ -59,13 +59,17 @@ def held_out(path: str, checkpoint: str | None) -> list[str] | None:
         return None
     from huginn_db.checkpoint import read_config
     from huginn_db.data.documents import run_held_out
+    from huginn_db.data.prepared import read_manifest
 
     run = read_config(checkpoint)
     text = run.data.text
     if run.data.name != "text" or text.dataset:
         return None
     target = Path(path).resolve()
-    for name in text.files:
+    names = list(text.files)
+    for root in [text.prepared] * bool(text.prepared) + list(text.mixture):  # what each set read
+        names += [s["source"] for s in read_manifest(root)["sources"]]
+    for name in names:
         rel = Path(name).expanduser()
         if rel.is_absolute():
             root = text.data_root

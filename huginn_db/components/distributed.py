@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import signal
 import socket
+from pathlib import Path
 
 import torch
+
+from huginn_db.errors import ConfigError
 
 
 def init_distributed(timeout: float = 1800.0) -> None:
@@ -33,9 +37,49 @@ def init_distributed(timeout: float = 1800.0) -> None:
         # deepspeed.initialize (which would set it) runs after the first broadcast
         torch.cuda.set_device(local_rank())
     if not torch.distributed.is_initialized():
+        check_shm_space()
         deepspeed.init_distributed(
             dist_backend="nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(seconds=timeout)
         )
+        unlink_shm_segment()
+
+
+SHM_SEGMENT_BYTES = 69_206_024  # DeepSpeed's allreduce_workspace: two flags, 2 × 1 MiB + 2 × 32 MiB
+
+
+def check_shm_space() -> None:
+    """Refuse to start local CPU ranks when /dev/shm cannot hold their collectives' segments.
+
+    DeepSpeed writes each segment with one unchecked write(): on a full /dev/shm it fails and
+    the rank dies of SIGSEGV on the failed mapping, while its peers report a lost rank (exit 5)
+    instead of the cause; on a nearly full one the segment is short."""
+    world, local = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_SIZE", 0))
+    if torch.cuda.is_available() or local != world or not Path("/dev/shm").is_dir():
+        return  # NCCL, or ranks on several hosts: DeepSpeed makes no segments
+    free, need = shutil.disk_usage("/dev/shm").free, local * SHM_SEGMENT_BYTES
+    if free < need:
+        raise ConfigError(
+            f"/dev/shm has {free / 2**20:.0f} MiB free, DeepSpeed's CPU collectives need {need / 2**20:.0f} MiB "
+            f"for {local} local rank(s); remove stale deepspeed_allreduce_buffer_* files of dead runs or enlarge it"
+        )
+
+
+def unlink_shm_segment() -> None:
+    """Remove the name of this rank's shared-memory segment for DeepSpeed's CPU collectives.
+
+    DeepSpeed maps one 66 MB segment per rank, named after MASTER_ADDR, MASTER_PORT and the
+    rank, and never unlinks it: every run of local CPU ranks left them in /dev/shm (tmpfs:
+    memory), a SIGKILLed one too, and a later run on the same port opened the dead run's
+    segments, whose flags can say a peer's copy is done before it is. Every rank maps every
+    peer's segment while DeepSpeed starts, so after a barrier the names are not needed; the
+    mappings live until the process ends."""
+    env = os.environ
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{env.get('MASTER_ADDR', '')}_{env.get('MASTER_PORT', '')}"
+    path = Path("/dev/shm", f"{name}_{torch.distributed.get_rank()}")
+    if torch.distributed.get_backend() != "gloo":
+        return
+    torch.distributed.barrier()
+    path.unlink(missing_ok=True)
 
 
 def local_rank() -> int:

@@ -178,8 +178,8 @@ def run_held_out(run, data_root: str | None = None) -> list[tuple[str, str]]:
     """The (source label, document) pairs a text run (its RunConfig) held out, by its own split;
     its relative files resolved against `data_root` when given, else as the run resolved them."""
     text = run.data.text if data_root is None else dataclasses.replace(run.data.text, data_root=data_root)
-    if text.prepared:  # the prepared set kept them: nothing to re-read
-        return prepared_held_out(text.prepared)
+    if text.prepared or text.mixture:  # the prepared sets kept them: nothing to re-read
+        return [d for root in ([text.prepared] if text.prepared else text.mixture) for d in prepared_held_out(root)]
     return TextDocuments(text).held_out(run.seed)
 
 

@@ -215,18 +215,18 @@ def _size(label: str) -> int | None:
 # --- reading ----------------------------------------------------------------------------------
 
 
-def read_manifest(root: Path) -> dict:
-    """The manifest of a prepared set, checked against its files (one-line ValueError)."""
+def read_manifest(root: Path, key: str = "data.text.prepared") -> dict:
+    """The manifest of a prepared set, checked against its files (one-line ValueError naming `key`)."""
     root = Path(root)
     try:
         manifest = json.loads((root / "manifest.json").read_text())
     except FileNotFoundError:
-        raise ValueError(f"data.text.prepared: {root} is not a prepared set (no manifest.json)") from None
+        raise ValueError(f"{key}: {root} is not a prepared set (no manifest.json)") from None
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"data.text.prepared: cannot read {root / 'manifest.json'} ({err})") from None
+        raise ValueError(f"{key}: cannot read {root / 'manifest.json'} ({err})") from None
     if manifest.get("format") != FORMAT:
         raise ValueError(
-            f"data.text.prepared: {root} is format {manifest.get('format')!r}, this huginn_db reads format "
+            f"{key}: {root} is format {manifest.get('format')!r}, this huginn_db reads format "
             f"{FORMAT}; prepare it again with `huginn-db data prepare`"
         )
     for split in SPLITS:
@@ -234,7 +234,7 @@ def read_manifest(root: Path) -> dict:
         have = path.stat().st_size if path.is_file() else None
         if have != want:
             state = "missing" if have is None else f"{have} bytes, the manifest says {want}"
-            raise ValueError(f"data.text.prepared: {path} is {state} (truncated or replaced); prepare it again")
+            raise ValueError(f"{key}: {path} is {state} (truncated or replaced); prepare it again")
     return manifest
 
 

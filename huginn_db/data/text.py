@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from huginn_db.data.documents import TextDocuments
+from huginn_db.data.mixture import Blend
 from huginn_db.data.prepared import PreparedWindows, read_manifest, tokenizer_sha256
 from huginn_db.tokenizer import load_tokenizer
 
@@ -67,6 +68,12 @@ class TextConfig:
     prepared: str | None = None
     """A directory written by `huginn-db data prepare` from these sources: train from its token
     files (nothing tokenized at start; relative to the CWD). None: tokenize in memory."""
+    mixture: list[str] = field(default_factory=list)
+    """Several prepared directories trained on at once (a blend), instead of `prepared`: each
+    training sample comes from one set, in the shares of mixture_weights (huginn_db.data.mixture);
+    each set keeps the train/val split it was prepared with, and validation scores every set's."""
+    mixture_weights: list[float] = field(default_factory=list)
+    """One positive weight per mixture set, any scale: the share of training samples it gives."""
     streaming: bool = False
     """Retired (every rank re-read the whole stream, and a resume everything before it): use prepared."""
     seq_len: int = 256
@@ -94,6 +101,15 @@ class TextConfig:
             raise ValueError(f"seq_len must be >= 1, got {self.seq_len}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.mixture and self.prepared:
+            raise ValueError("prepared and mixture are both set; set one (a mixture of one set trains as prepared=DIR)")
+        if len(self.mixture_weights) != len(self.mixture):
+            raise ValueError(
+                f"mixture has {len(self.mixture)} set(s) but mixture_weights has {len(self.mixture_weights)} "
+                "weight(s); give one weight per set"
+            )
+        if any(not w > 0 for w in self.mixture_weights):  # also NaN
+            raise ValueError(f"mixture_weights must be positive, got {self.mixture_weights}")
         if self.streaming:
             raise ValueError(
                 "streaming was retired (every rank re-read the stream, and a resume all of it before its "
@@ -111,13 +127,15 @@ class TextCorpus(TextDocuments):
         except ValueError as err:
             raise ValueError(f"data.text.tokenizer: {err}") from None
         self._window = cfg.seq_len + 1
-        self._perms: dict[int, np.ndarray] = {}
-        if cfg.prepared:
-            self.cfg = cfg  # the sources are the prepared set's business: not read here
+        self._perms: dict[tuple[int, int], np.ndarray] = {}
+        self._blend = None  # a mixture's Blend: which set each sample comes from
+        if cfg.prepared or cfg.mixture:
+            self.cfg = cfg  # the sources are the prepared sets' business: not read here
             self._init_prepared()
         else:
             super().__init__(cfg)
             self._init_in_memory()
+        self._train, self._val = self._sets[0], self._vals[0]
 
     def _encode(self, doc: str) -> list[int]:
         """Document tokens plus the eos that separates it from the next one."""
@@ -147,42 +165,50 @@ class TextCorpus(TextDocuments):
 
     def _init_in_memory(self) -> None:
         docs, self.val_doc_indices, self.train_doc_indices = self.split(self.seed)
-        self._train = self._pack([docs[i][1] for i in self.train_doc_indices], "train")
-        self._val = self._pack([docs[i][1] for i in self.val_doc_indices], "val")
+        self._sets = [self._pack([docs[i][1] for i in self.train_doc_indices], "train")]
+        self._vals = [self._pack([docs[i][1] for i in self.val_doc_indices], "val")]
 
-    def _epoch_perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            if len(self._perms) > 2:  # a batch spans at most two epochs
+    def _epoch_perm(self, s: int, epoch: int) -> np.ndarray:
+        """Set s's window order in its `epoch`; set 0 draws as a lone corpus does, so a one-set
+        mixture trains on the batches of prepared=DIR."""
+        if (s, epoch) not in self._perms:
+            if len(self._perms) > 2 * len(self._sets):  # a batch spans at most two epochs of a set
                 self._perms.clear()
-            self._perms[epoch] = np.random.default_rng([self.seed, 1, epoch]).permutation(len(self._train))
-        return self._perms[epoch]
+            key = [self.seed, 1, epoch] + ([s] if s else [])
+            self._perms[s, epoch] = np.random.default_rng(key).permutation(len(self._sets[s]))
+        return self._perms[s, epoch]
 
     # --- prepared ---------------------------------------------------------------------------------
 
     def _init_prepared(self) -> None:
-        cfg, root = self.cfg, Path(self.cfg.prepared)
-        manifest = read_manifest(root)
+        cfg = self.cfg
+        key = "data.text.prepared" if cfg.prepared else "data.text.mixture"
         sha = tokenizer_sha256(cfg.tokenizer)
-        if manifest["tokenizer"]["sha256"] != sha:
-            raise ValueError(
-                f"data.text.prepared: {root} was tokenized with {manifest['tokenizer']['spec']} "
-                f"(sha256 {manifest['tokenizer']['sha256'][:12]}), not data.text.tokenizer={cfg.tokenizer} "
-                f"(sha256 {sha[:12]}); use its tokenizer or prepare again"
-            )
-        split = manifest["split"]
-        seed = self.seed if cfg.split_seed is None else cfg.split_seed
-        if (split["seed"], split["val_fraction"]) != (seed, cfg.val_fraction):
-            raise ValueError(
-                f"data.text.prepared: {root} holds the split of split_seed={split['seed']}, val_fraction="
-                f"{split['val_fraction']}, this run asks for {seed}, {cfg.val_fraction}; set "
-                f"data.text.split_seed={split['seed']} data.text.val_fraction={split['val_fraction']} or prepare again"
-            )
-        for name in ("train", "val"):
-            tokens = manifest["splits"][name]["tokens"]
-            windows = PreparedWindows(root / f"{name}.bin", manifest["dtype"], tokens, self._window)
-            if len(windows) == 0:
-                raise self._too_small(name, tokens)
-            setattr(self, f"_{name}", windows)
+        self._sets, self._vals = [], []
+        for root in map(Path, [cfg.prepared] if cfg.prepared else cfg.mixture):
+            manifest = read_manifest(root, key)
+            if manifest["tokenizer"]["sha256"] != sha:
+                raise ValueError(
+                    f"{key}: {root} was tokenized with {manifest['tokenizer']['spec']} "
+                    f"(sha256 {manifest['tokenizer']['sha256'][:12]}), not data.text.tokenizer={cfg.tokenizer} "
+                    f"(sha256 {sha[:12]}); use its tokenizer or prepare again"
+                )
+            split = manifest["split"]
+            seed = self.seed if cfg.split_seed is None else cfg.split_seed
+            if cfg.prepared and (split["seed"], split["val_fraction"]) != (seed, cfg.val_fraction):
+                raise ValueError(
+                    f"{key}: {root} holds the split of split_seed={split['seed']}, val_fraction="
+                    f"{split['val_fraction']}, this run asks for {seed}, {cfg.val_fraction}; set "
+                    f"data.text.split_seed={split['seed']} data.text.val_fraction={split['val_fraction']} or prepare again"
+                )
+            for name, sets in (("train", self._sets), ("val", self._vals)):
+                tokens = manifest["splits"][name]["tokens"]
+                windows = PreparedWindows(root / f"{name}.bin", manifest["dtype"], tokens, self._window)
+                if len(windows) == 0:
+                    raise self._too_small(name if cfg.prepared else f"{root} {name}", tokens)
+                sets.append(windows)
+        if cfg.mixture:
+            self._blend = Blend(cfg.mixture_weights)
 
     # --- batches --------------------------------------------------------------------------------
 
@@ -192,11 +218,11 @@ class TextCorpus(TextDocuments):
 
     @property
     def num_train_sequences(self) -> int:
-        return len(self._train)
+        return sum(map(len, self._sets))
 
     @property
     def num_val_sequences(self) -> int:
-        return len(self._val)
+        return sum(map(len, self._vals))
 
     @staticmethod
     def _batch(windows: np.ndarray) -> dict[str, torch.Tensor]:
@@ -216,7 +242,7 @@ class TextCorpus(TextDocuments):
                 f"bad batch indices: batch_size={batch_size} step={step} micro={micro}/{grad_accum} rank={rank}/{world}"
             )
         g = step * grad_accum + micro
-        n = len(self._train)
+        n = self.num_train_sequences
         need = batch_size * world
         if need > n:
             raise ValueError(
@@ -225,15 +251,20 @@ class TextCorpus(TextDocuments):
                 "add data or lower seq_len / micro_batch_size"
             )
         idx = (g * world + rank) * batch_size + np.arange(batch_size)
-        rows = [self._epoch_perm(int(e))[o] for e, o in zip(idx // n, idx % n)]
-        return self._batch(self._train[rows])
+        sets, k = (np.zeros_like(idx), idx) if self._blend is None else self._blend(idx)
+        out = np.empty((batch_size, self._window), dtype=np.int64)
+        for s in np.unique(sets):
+            mine, m = sets == s, len(self._sets[s])
+            rows = [self._epoch_perm(int(s), int(e))[o] for e, o in zip(k[mine] // m, k[mine] % m)]
+            out[mine] = self._sets[s][rows]
+        return self._batch(out)
 
     def position(self, step: int, grad_accum: int, world: int, batch_size: int) -> dict[str, int]:
         """Where `step` starts, for checkpoint client state: {"epoch", "offset"} into the epoch's
-        permutation."""
+        permutation (of a mixture: of as many samples as its sets' windows together)."""
         idx = step * grad_accum * world * batch_size
-        return {"epoch": idx // len(self._train), "offset": idx % len(self._train)}
+        return {"epoch": idx // self.num_train_sequences, "offset": idx % self.num_train_sequences}
 
     def val_batches(self, batch_size: int) -> list[dict[str, torch.Tensor]]:
-        """Every val window once, in order; the last batch may be smaller."""
-        return [self._batch(self._val[i : i + batch_size]) for i in range(0, len(self._val), batch_size)]
+        """Every val window once, in order (a mixture's set by set); a set's last batch may be smaller."""
+        return [self._batch(v[i : i + batch_size]) for v in self._vals for i in range(0, len(v), batch_size)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,9 +77,22 @@ class TrainConfig:
     lr: float = 1e-3
     """Peak learning rate (AdamW)."""
     min_lr_ratio: float = 0.1
-    """The cosine schedule decays to lr·min_lr_ratio."""
+    """The decays (cosine, wsd) end at lr·min_lr_ratio; trapezoid's cool-down stops there."""
     warmup_steps: int = 20
-    """Linear warm-up steps."""
+    """Linear warm-up steps (every schedule)."""
+    schedule: typing.Literal["cosine", "wsd", "trapezoid", "constant"] = "cosine"
+    """The lr after the warm-up. cosine: to lr·min_lr_ratio at max_steps. wsd (warmup-stable-decay,
+    Hu et al. 2024; Hägele et al. 2024): lr, then the last decay_fraction of max_steps decays by
+    decay_shape. trapezoid (Huginn's): lr, then a linear cool-down over that last share towards 0,
+    floored at lr·min_lr_ratio. constant: lr."""
+    decay_fraction: float = 0.2
+    """wsd / trapezoid: the share of max_steps the final decay takes (rounded up to whole steps)."""
+    decay_shape: typing.Literal["linear", "cosine", "1-sqrt"] = "1-sqrt"
+    """wsd's decay from lr to lr·min_lr_ratio; 1-sqrt was Hägele et al.'s best."""
+    extend_ok: bool = False
+    """Let a resume change max_steps or decay_fraction where no lr already applied changes (a wsd,
+    trapezoid or constant run whose decay has not begun); otherwise a resume that changes the
+    schedule or one of its keys is refused."""
     weight_decay: float = 0.1
     """AdamW weight decay on matrices (not embeddings, norms or biases)."""
     beta1: float = 0.9
@@ -117,6 +131,14 @@ class TrainConfig:
             raise ValueError("skip_nonfinite and save_every must be >= 0 and dist_timeout > 0")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto|bf16|fp32, got {self.precision!r}")
+        if not 0 < self.decay_fraction <= 1:
+            raise ValueError(f"decay_fraction must be in (0, 1], got {self.decay_fraction:g}")
+        decay = math.ceil(self.decay_fraction * self.max_steps)
+        if self.schedule in ("wsd", "trapezoid") and self.max_steps and self.warmup_steps + decay > self.max_steps:
+            raise ValueError(
+                f"warmup_steps={self.warmup_steps} plus the {self.schedule} decay "
+                f"(decay_fraction × max_steps = {decay} steps) exceeds max_steps={self.max_steps}"
+            )
 
 
 @dataclass
@@ -291,7 +313,7 @@ def check_deepspeed_json(cfg: RunConfig, world_size: int | None = None) -> dict:
         if key in ds:
             raise ConfigError(
                 f"deepspeed: {path.name} has an '{key}' section, but the trainer builds AdamW and the "
-                f"cosine schedule from train.*; remove '{key}' from the JSON"
+                f"lr schedule (train.schedule) from train.*; remove '{key}' from the JSON"
             )
     if (ds.get("fp16") or {}).get("enabled"):
         raise ConfigError(

@@ -12,8 +12,7 @@ import torch
 from huginn_db.components.optim import apply_schedule, build_optimizer, lr_lambda, schedule_change, schedule_state
 from huginn_db.config import TrainConfig, from_dict
 from huginn_db.errors import ConfigError
-from huginn_db.train import main as train_main
-from tests.conftest import ROOT, forget_deepspeed_world, metrics, one_rank_env, snapshot
+from tests.conftest import ROOT, metrics, snapshot, train_here
 
 
 def curve(steps, **kw):
@@ -139,16 +138,7 @@ WSD_RUN = [  # decay over the last 4 of 8 steps; checkpoints after steps 4 and 8
 
 
 def train(run, *overrides) -> int:
-    """`huginn-db train` in a world of one in this process; its exit code."""
-    forget_deepspeed_world()
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in one_rank_env().items():
-            mp.setenv(k, v)
-        try:
-            return train_main([str(RECIPE), f"run_dir={run}", *WSD_RUN, *overrides])
-        finally:
-            torch.set_num_threads(threads)
+    return train_here([str(RECIPE), f"run_dir={run}", *WSD_RUN, *overrides])
 
 
 def lrs(run) -> dict[int, float]:

@@ -1,15 +1,17 @@
 """Throughput in metrics.jsonl and on paper: datasheet peaks by device name for MFU, the log
 window's tokens/s and data-wait share, and `huginn-db flops --gpu`'s time and GPU-hours."""
 
+import json
 import logging
 
 import pytest
 import torch
 
+from huginn_db.cli import main as cli
 from huginn_db.components.metrics import MetricsWriter, mfu_peak
 from huginn_db.config import TrainConfig
 from huginn_db.gpus import GPUS, gpu_key
-from tests.conftest import ROOT, metrics, train_here
+from tests.conftest import RECIPES, ROOT, metrics, train_here
 
 NAMES = {  # torch.cuda.get_device_name() → table key
     "NVIDIA H100 80GB HBM3": "h100",
@@ -100,3 +102,35 @@ def test_a_run_records_window_tokens_per_s_and_data_wait_share(tmp_path):
     for r in recs:
         assert 0 < r["data_wait_share"] < 1 and r["window_tokens_per_s"] > 0, r
         assert "mfu" not in r  # CPU without train.peak_flops
+
+
+def test_flops_cli_projects_hours_and_gpu_hours_onto_a_gpu(capsys):
+    recipe = str(RECIPES / "demo-db.yaml")
+    assert cli(["flops", recipe, "train.max_steps=1000", "--gpu", "h100", "--mfu", "0.4", "--gpus", "8", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    pr = rep["projection"]
+    assert (pr["gpu"], pr["dtype"], pr["gpus"], pr["mfu"]) == ("h100", "bf16", 8, 0.4)
+    for name, o in pr["objectives"].items():
+        flops = rep["train"][name]["per_step"]["total"] * 1000  # grad_accum 1
+        assert o["flops"] == pytest.approx(flops)
+        assert o["wall_hours"] == pytest.approx(flops / (989.5e12 * 0.4 * 8) / 3600)
+        assert o["gpu_hours"] == pytest.approx(8 * o["wall_hours"])
+    assert pr["tokens"] == 1000 * rep["shape"]["tokens_per_step"]
+    assert cli(["flops", recipe, "--gpu", "a100", "--mfu", "0.5", "--dtype", "tf32"]) == 0
+    text = capsys.readouterr().out
+    assert "projection onto 1 × A100 (dense tf32 peak 156.0 TFLOP/s) at MFU 0.5" in text
+    assert "wall hours" in text and "GPU-hours" in text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--gpu", "h800", "--mfu", "0.4"], "--gpu must be one of h100, h100-pcie, h100-nvl, h200, h200-nvl, a100,"),
+        (["--gpu", "h100"], "--gpu and --mfu go together"),
+        (["--gpu", "h100", "--mfu", "1.5"], "--mfu must be in (0, 1] and --gpus >= 1"),
+    ],
+)
+def test_flops_cli_refuses_a_bad_projection_in_one_line(args, message, capsys):
+    assert cli(["flops", str(RECIPES / "demo-db.yaml"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

@@ -111,7 +111,8 @@ class TrainConfig:
     threads: typing.Optional[int] = None
     """torch intra-op threads on CPU (None: torch's default)."""
     peak_flops: typing.Optional[float] = None
-    """Per-rank FLOP/s for MFU in metrics (see `huginn-db peak`)."""
+    """Per-rank FLOP/s for MFU in metrics (see `huginn-db peak`); None: on a GPU of huginn_db/gpus.py
+    its dense datasheet peak for the run's precision, elsewhere no MFU."""
     skip_nonfinite: int = 0
     """Steps with a non-finite loss or gradient skipped (no update) before the next one stops the
     run (exit 3); 0: stop at the first."""

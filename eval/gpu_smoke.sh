@@ -167,7 +167,7 @@ part_a() {
     fi
     cp "$run/metrics.jsonl" "$OUT/a-metrics-step3.jsonl"  # a resume keeps these rows as they are
     run_part 180 "$log" "$PY" -m deepspeed.launcher.runner --num_accelerators $n --master_port "$(free_port)" \
-        --module huginn_db.train "${args[@]}" train.max_steps=5 resume=auto
+        --module huginn_db.train "${args[@]}" train.max_steps=5 train.extend_ok=true resume=auto
     status=$?
     if ((status != 0)); then
         line FAIL $name "$n-rank resume to 5 steps: $(why $status "$log")"

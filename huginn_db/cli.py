@@ -8,7 +8,8 @@
                                                          train each objective, lm-eval each, report
     huginn-db report RUN_DIR [RUN_DIR ...]               rebuild report.md and plots from runs
     huginn-db audit RECIPE.yaml [key=value ...]          trivial predictors vs chance on its reasoning tasks
-    huginn-db flops RECIPE.yaml [key=value ...] [--json]   analytic compute per step / token
+    huginn-db flops RECIPE.yaml [key=value ...] [--json] [--gpu NAME --mfu X [--gpus N]]
+                                                         analytic compute per step / token; time and GPU-hours
     huginn-db peak [--json]                              this machine's matmul FLOP/s (MFU)
     huginn-db export RUN_DIR --out DIR [--format huginn]  consolidated safetensors + config (or Huginn's format)
     huginn-db import HUGINN_DIR --out DIR                a Huginn checkpoint as an export directory

@@ -8,10 +8,8 @@ Unknown keys and wrong types fail before any work starts, naming the key.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
-import re
-import types
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from huginn_db.configdoc import keys
+from huginn_db.configparse import from_dict
 from huginn_db.data.reasoning import ReasoningConfig, build_family
 from huginn_db.data.text import TextConfig
 from huginn_db.errors import ConfigError
@@ -78,9 +77,22 @@ class TrainConfig:
     lr: float = 1e-3
     """Peak learning rate (AdamW)."""
     min_lr_ratio: float = 0.1
-    """The cosine schedule decays to lr·min_lr_ratio."""
+    """The decays (cosine, wsd) end at lr·min_lr_ratio; trapezoid's cool-down stops there."""
     warmup_steps: int = 20
-    """Linear warm-up steps."""
+    """Linear warm-up steps (every schedule)."""
+    schedule: typing.Literal["cosine", "wsd", "trapezoid", "constant"] = "cosine"
+    """The lr after the warm-up. cosine: to lr·min_lr_ratio at max_steps. wsd (warmup-stable-decay,
+    Hu et al. 2024; Hägele et al. 2024): lr, then the last decay_fraction of max_steps decays by
+    decay_shape. trapezoid (Huginn's): lr, then a linear cool-down over that last share towards 0,
+    floored at lr·min_lr_ratio. constant: lr."""
+    decay_fraction: float = 0.2
+    """wsd / trapezoid: the share of max_steps the final decay takes (rounded up to whole steps)."""
+    decay_shape: typing.Literal["linear", "cosine", "1-sqrt"] = "1-sqrt"
+    """wsd's decay from lr to lr·min_lr_ratio; 1-sqrt was Hägele et al.'s best."""
+    extend_ok: bool = False
+    """Let a resume change max_steps or decay_fraction where no lr already applied changes (a wsd,
+    trapezoid or constant run whose decay has not begun); otherwise a resume that changes the
+    schedule or one of its keys is refused."""
     weight_decay: float = 0.1
     """AdamW weight decay on matrices (not embeddings, norms or biases)."""
     beta1: float = 0.9
@@ -103,7 +115,8 @@ class TrainConfig:
     threads: typing.Optional[int] = None
     """torch intra-op threads on CPU (None: torch's default)."""
     peak_flops: typing.Optional[float] = None
-    """Per-rank FLOP/s for MFU in metrics (see `huginn-db peak`)."""
+    """Per-rank FLOP/s for MFU in metrics (see `huginn-db peak`); None: on a GPU of huginn_db/gpus.py
+    its dense datasheet peak for the run's precision, elsewhere no MFU."""
     skip_nonfinite: int = 0
     """Steps with a non-finite loss or gradient skipped (no update) before the next one stops the
     run (exit 3); 0: stop at the first."""
@@ -127,6 +140,14 @@ class TrainConfig:
             raise ValueError("keep_every needs keep_last (without it every checkpoint is kept)")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto|bf16|fp32, got {self.precision!r}")
+        if not 0 < self.decay_fraction <= 1:
+            raise ValueError(f"decay_fraction must be in (0, 1], got {self.decay_fraction:g}")
+        decay = math.ceil(self.decay_fraction * self.max_steps)
+        if self.schedule in ("wsd", "trapezoid") and self.max_steps and self.warmup_steps + decay > self.max_steps:
+            raise ValueError(
+                f"warmup_steps={self.warmup_steps} plus the {self.schedule} decay "
+                f"(decay_fraction × max_steps = {decay} steps) exceeds max_steps={self.max_steps}"
+            )
 
 
 @dataclass
@@ -188,66 +209,6 @@ class RunConfig:
 
     def objective_config(self):
         return getattr(self.objective, self.objective.name)
-
-
-# --- dict → dataclass with checks ------------------------------------------------------------
-
-
-def _check(value, tp, path: str):
-    origin = typing.get_origin(tp)
-    if origin is typing.Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise ConfigError(f"{path} must be {'|'.join(map(str, allowed))}, got {value!r}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        return _check(value, next(a for a in args if a is not type(None)), path)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_check(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return from_dict(tp, value, path)
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
-        raise ConfigError(f"{path}: expected {tp.__name__}, got {value!r}")
-    return value
-
-
-def from_dict(cls, data: dict, path: str = ""):
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        full = f"{path}.{key}" if path else key
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f" (did you mean '{(path + '.' if path else '') + close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown key '{full}'{hint}")
-        kwargs[key] = _check(value, hints[key], full)
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as err:  # the dataclass's own __post_init__ checks
-        if isinstance(err, ConfigError):
-            raise
-        msg = str(err)
-        first = re.split(r"[ =]", msg, maxsplit=1)[0]
-        if not path:
-            raise ConfigError(msg) from None
-        # "backprop_depth=99 exceeds ..." from objective.bptt reads objective.bptt.backprop_depth=99 ...
-        raise ConfigError(f"{path}.{msg}" if first in names else f"{path}: {msg}") from None
 
 
 def apply_override(data: dict, item: str) -> None:
@@ -363,7 +324,7 @@ def check_deepspeed_json(cfg: RunConfig, world_size: int | None = None) -> dict:
         if key in ds:
             raise ConfigError(
                 f"deepspeed: {path.name} has an '{key}' section, but the trainer builds AdamW and the "
-                f"cosine schedule from train.*; remove '{key}' from the JSON"
+                f"lr schedule (train.schedule) from train.*; remove '{key}' from the JSON"
             )
     if (ds.get("fp16") or {}).get("enabled"):
         raise ConfigError(

@@ -2,11 +2,14 @@
 and this machine's matmul FLOP/s (the MFU denominator).
 
     huginn-db flops RECIPE.yaml [dotted.key=value ...] [--json] [--measure] [--baseline NAME]
+                    [--gpu NAME --mfu X [--gpus N] [--dtype bf16|fp16|tf32|fp32]]
     huginn-db peak [--json]
 
 Ratios are each objective's cost over the baseline's (default: the recipe's objective), e.g.
 `huginn-db flops recipes/paper-lm1b-db.yaml` gives BPTT's training FLOPs per step in units of
-DiffusionBlocks'.
+DiffusionBlocks'. With --gpu, each objective's training budget (train.max_steps optimizer steps
+of grad_accum micro-batches at the recipe's shape) is projected onto N of that GPU at an
+assumed MFU: wall hours = FLOPs / (dense peak × MFU × N) / 3600, GPU-hours = N × wall hours.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from huginn_db.compute import (
     train_flops,
 )
 from huginn_db.config import ConfigError, RunConfig, load_config
+from huginn_db.gpus import DTYPES, GPUS
 from huginn_db.objectives import OBJECTIVES
 
 
@@ -158,6 +162,50 @@ def format_report(rep: dict, measured: dict | None = None) -> str:
     return "\n".join(out)
 
 
+def projection(rep: dict, cfg: RunConfig, gpu: str, mfu: float, gpus: int = 1, dtype: str | None = None) -> dict:
+    """Wall hours and GPU-hours of each objective's training budget on `gpus` × `gpu` (a GPUS key)
+    at model FLOPs utilisation `mfu`; dtype: the peak to use (default: the recipe's precision on
+    a GPU, bf16 unless train.precision=fp32)."""
+    if gpu not in GPUS:
+        raise ConfigError(f"--gpu must be one of {', '.join(GPUS)}, got {gpu!r}")
+    if not 0 < mfu <= 1 or gpus < 1:
+        raise ConfigError(f"--mfu must be in (0, 1] and --gpus >= 1, got --mfu {mfu:g} --gpus {gpus}")
+    dtype = dtype or ("fp32" if cfg.train.precision == "fp32" else "bf16")
+    peak = GPUS[gpu].peak(dtype)
+    micro_steps = cfg.train.max_steps * cfg.train.grad_accum
+    out = {}
+    for name, t in rep["train"].items():
+        flops = t["per_step"]["total"] * micro_steps
+        hours = flops / (peak * mfu * gpus) / 3600
+        out[name] = {"flops": flops, "wall_hours": hours, "gpu_hours": hours * gpus}
+    return {
+        "gpu": gpu,
+        "gpu_name": GPUS[gpu].name,
+        "dtype": dtype,
+        "peak_flops_per_s": peak,
+        "mfu": mfu,
+        "gpus": gpus,
+        "tokens": micro_steps * rep["shape"]["tokens_per_step"],
+        "objectives": out,
+    }
+
+
+def format_projection(pr: dict, cfg: RunConfig) -> str:
+    t, n = cfg.train, pr["gpus"]
+    out = [
+        f"projection onto {n} × {pr['gpu_name']} (dense {pr['dtype']} peak {pr['peak_flops_per_s'] / 1e12:,.1f} "
+        f"TFLOP/s) at MFU {pr['mfu']:g}: the budget of {t.max_steps} steps × grad_accum {t.grad_accum} = "
+        f"{_fmt(pr['tokens'])}tokens, shared by the GPUs",
+        f"  (as {n} ranks of this micro_batch_size they would train {n}× as many tokens: divide grad_accum or micro_batch_size by {n})"
+        if n > 1
+        else None,
+        f"  {'objective':<20}{'training FLOPs':>16}{'wall hours':>12}{'GPU-hours':>12}",
+    ]
+    for name, o in pr["objectives"].items():
+        out.append(f"  {name:<20}{o['flops']:>16.4e}{o['wall_hours']:>12.4g}{o['gpu_hours']:>12.4g}")
+    return "\n".join(line for line in out if line is not None)
+
+
 def _measure(cfg: RunConfig, B: int, T: int) -> dict:
     """One real step per objective at batch B × T on this machine's CPU (random tokens)."""
     from huginn_db.measure import measure_step_flops
@@ -198,14 +246,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--measure-batch", type=int, default=1)
     ap.add_argument("--measure-seq", type=int, default=64, help="capped at the recipe's seq_len")
+    ap.add_argument("--gpu", default=None, help=f"project the training budget onto this GPU: {', '.join(GPUS)}")
+    ap.add_argument("--mfu", type=float, default=None, help="with --gpu: the model FLOPs utilisation to assume")
+    ap.add_argument("--gpus", type=int, default=1, help="with --gpu: how many share the budget")
+    ap.add_argument("--dtype", choices=DTYPES, default=None, help="with --gpu: which peak (default: the recipe's)")
     args = ap.parse_intermixed_args(argv)
+    if (args.gpu is None) != (args.mfu is None):
+        raise ConfigError("--gpu and --mfu go together: the GPU to project onto and the MFU to assume (e.g. 0.4)")
     cfg = load_config(args.recipe, args.overrides)
     rep = flops_report(cfg, baseline=args.baseline)
     measured = _measure(cfg, args.measure_batch, min(args.measure_seq, recipe_seq_len(cfg))) if args.measure else None
+    proj = projection(rep, cfg, args.gpu, args.mfu, args.gpus, args.dtype) if args.gpu else None
     if args.json:
-        print(json.dumps({**rep, "measured": measured} if measured else rep, indent=2))
+        extra = {"measured": measured} if measured else {}
+        print(json.dumps({**rep, **extra, **({"projection": proj} if proj else {})}, indent=2))
     else:
-        print(format_report(rep, measured))
+        print(format_report(rep, measured) + ("\n\n" + format_projection(proj, cfg) if proj else ""))
     return 0
 
 

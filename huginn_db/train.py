@@ -25,7 +25,7 @@ from huginn_db.components.distributed import Preemption, comm_failure, init_dist
 from huginn_db.components.engine import build_engine, config_stage, deepspeed_config, evaluation_model, zero_stage
 from huginn_db.components.guard import StepGuard
 from huginn_db.components.loader import micro_batch_loader
-from huginn_db.components.metrics import MetricsWriter, prepare_run_dir
+from huginn_db.components.metrics import MetricsWriter, mfu_peak, prepare_run_dir
 from huginn_db.components.optim import build_optimizer
 from huginn_db.components.precision import autocast_context, autocast_dtype
 from huginn_db.compute import train_flops
@@ -61,6 +61,7 @@ class Trainer:
     params: dict
     preemption: Preemption = field(default_factory=lambda: Preemption(install=False))  # `train` arms one
     batches: Iterator | None = None  # the loader `train` starts (None: batches built in the step)
+    data_wait: float = 0.0  # seconds the last step waited for its micro-batches
 
     def train_step(self, step: int) -> dict:
         """One optimizer step over grad_accum micro-batches; returns the last micro-batch's stats.
@@ -71,8 +72,12 @@ class Trainer:
         cfg, engine, p = self.cfg, self.engine, self.progress
         accum = cfg.train.grad_accum
         self.guard.begin(step + 1)
+        self.data_wait = 0.0
         for micro in range(accum):
-            batch = to_device(self.next_batch(step, micro), engine.device)
+            t0 = time.perf_counter()
+            batch = self.next_batch(step, micro)
+            self.data_wait += time.perf_counter() - t0
+            batch = to_device(batch, engine.device)
             loss, stats = self.objective.loss(engine, batch, step, (step * accum + micro) * self.world + self.rank)
             self.guard.watch_loss(loss)
             engine.backward(loss)  # a skipped step still runs backward: DeepSpeed counts micro-steps
@@ -200,7 +205,8 @@ def setup(cfg: RunConfig) -> Trainer:
             zero_stage(engine),
             data_seconds,
         )
-    metrics = MetricsWriter(run, rank, engine.device, world, cfg.train.peak_flops, progress.step, engine.monitor)
+    peak = mfu_peak(cfg.train, engine.device, say=rank == 0)
+    metrics = MetricsWriter(run, rank, engine.device, world, peak, progress.step, engine.monitor)
     guard = StepGuard(engine.module, cfg.train.skip_nonfinite, checkpointer.dir, engine.device, progress.skipped)
     return Trainer(
         cfg,
@@ -260,6 +266,7 @@ def _loop(t: Trainer, show_progress: bool) -> dict:
     t.start_loader()
     for step in bar:
         logged = (step + 1) % tc.log_every == 0 or step + 1 == tc.max_steps
+        start_step = time.perf_counter()  # the window's time includes the device's lag the sync waits for
         if logged:  # a timed step starts and ends with an idle device (CUDA runs ahead of the host)
             synchronize(t.engine.device)
         t0, flops0, tokens0 = time.perf_counter(), p.flops, p.tokens
@@ -267,12 +274,15 @@ def _loop(t: Trainer, show_progress: bool) -> dict:
         done = p.step
         if logged:
             synchronize(t.engine.device)
+        end = time.perf_counter()
+        t.metrics.add_step(end - start_step, p.tokens - tokens0, t.data_wait)
+        if logged:
             rec = t.metrics.log(
                 t.engine,
                 done,
                 p.tokens,
                 p.flops,
-                time.perf_counter() - t0,
+                end - t0,
                 p.tokens - tokens0,
                 p.flops - flops0,
                 p.skipped,

@@ -22,6 +22,8 @@ LAYERS = [
     [
         "huginn_db.errors",
         "huginn_db.configdoc",
+        "huginn_db.configparse",
+        "huginn_db.gpus",
         "huginn_db.diffusion",
         "huginn_db.model_config",
         "huginn_db.kv_cache",

@@ -22,6 +22,8 @@ from tests.test_distributed import TINY
 
 pytestmark = pytest.mark.slow
 COMMON = [*TINY, "train.micro_batch_size=8"]
+# runs resumed with a later train.max_steps: a schedule whose steps taken keep their lr
+EXTEND = ["train.schedule=constant", "train.extend_ok=true"]
 
 
 def train(run, *overrides, objective="db", preexec_fn=None, prelude=None, nproc=1, timeout=600):
@@ -58,7 +60,7 @@ def ok(proc):
 def base_run(tmp_path_factory):
     """6 steps with checkpoints at 2, 4 and 6 (latest)."""
     run = tmp_path_factory.mktemp("base") / "run"
-    ok(train(run, "train.max_steps=6", "train.save_every=2"))
+    ok(train(run, "train.max_steps=6", "train.save_every=2", *EXTEND))
     assert (run / "checkpoints" / "latest").read_text() == "step6"
     assert all(verify(run / "checkpoints" / f"step{s}") is None for s in (2, 4, 6))
     return run
@@ -114,7 +116,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(damage, base_run, 
     run = _copy(base_run, tmp_path)
     warning = DAMAGE[damage](run)
     step4 = snapshot(run / "checkpoints" / "step4")
-    proc = ok(train(run, "train.max_steps=8", "train.save_every=2", "resume=auto"))
+    proc = ok(train(run, "train.max_steps=8", "train.save_every=2", *EXTEND, "resume=auto"))
     assert warning in proc.stderr and "skipping checkpoint" in proc.stderr
     assert "resumed from step4 (step 4)" in proc.stderr
     assert snapshot(run / "checkpoints" / "step4") == step4  # the good checkpoint was only read
@@ -128,7 +130,7 @@ def test_leftover_temporary_save_is_ignored_and_removed(base_run, tmp_path):
     tmp = run / "checkpoints" / ".tmp-step8"  # SIGKILL in the middle of writing step 8
     tmp.mkdir()
     (tmp / "mp_rank_00_model_states.pt").write_bytes(b"half a file")
-    proc = ok(train(run, "train.max_steps=8", "resume=auto"))
+    proc = ok(train(run, "train.max_steps=8", *EXTEND, "resume=auto"))
     assert "resumed from step6 (step 6)" in proc.stderr
     assert not tmp.exists() and verify(run / "checkpoints" / "step8") is None
 
@@ -138,7 +140,7 @@ def test_no_complete_checkpoint_refuses_to_resume_and_changes_nothing(base_run, 
     for s in (2, 4, 6):
         (run / "checkpoints" / f"step{s}" / MANIFEST).unlink()
     before = snapshot(run)
-    proc = train(run, "train.max_steps=8", "resume=auto")
+    proc = train(run, "train.max_steps=8", *EXTEND, "resume=auto")
     assert proc.returncode == 2
     assert "no complete checkpoint in" in error_line(proc) and "overwrite=true" in error_line(proc)
     assert snapshot(run) == before
@@ -167,12 +169,12 @@ def test_full_disk_during_save_keeps_the_previous_checkpoint(base_run, tmp_path)
     run = _copy(base_run, tmp_path)
     before = snapshot(run / "checkpoints")
     big = max(p.stat().st_size for p in (run / "checkpoints" / "step6").iterdir())
-    proc = train(run, "train.max_steps=8", "resume=auto", preexec_fn=_file_size_limit(big // 4))
+    proc = train(run, "train.max_steps=8", *EXTEND, "resume=auto", preexec_fn=_file_size_limit(big // 4))
     assert proc.returncode == 4, proc.stderr[-3000:]
     line = error_line(proc)
     assert "could not write the checkpoint of step 8" in line and "step6 is intact and `latest` names it" in line
     assert snapshot(run / "checkpoints") == before  # nothing half-written left, step6 untouched
-    ok(train(run, "train.max_steps=8", "resume=auto"))  # with space again, the run finishes
+    ok(train(run, "train.max_steps=8", *EXTEND, "resume=auto"))  # with space again, the run finishes
     assert (run / "checkpoints" / "latest").read_text() == "step8"
 
 
@@ -309,7 +311,7 @@ def test_a_dead_rank_makes_the_other_exit_with_a_message(tmp_path):
 @pytest.fixture(scope="module")
 def two_rank_zero2(tmp_path_factory):
     run = tmp_path_factory.mktemp("zero2") / "run"
-    ok(train(run, "train.max_steps=2", "deepspeed=deepspeed/zero2.json", nproc=2))
+    ok(train(run, "train.max_steps=2", "deepspeed=deepspeed/zero2.json", *EXTEND, nproc=2))
     return run
 
 
@@ -317,7 +319,7 @@ def test_resume_with_another_global_batch_is_refused_with_the_setting_that_keeps
     """Step s trains samples [s·G, (s+1)·G): 2 ranks × 8 → 1 rank × 8 would skip half an epoch."""
     run = _copy(two_rank_zero2, tmp_path)
     before = snapshot(run)
-    proc = train(run, "train.max_steps=4", "deepspeed=deepspeed/zero2.json", "resume=auto")
+    proc = train(run, "train.max_steps=4", "deepspeed=deepspeed/zero2.json", *EXTEND, "resume=auto")
     assert proc.returncode == 2
     line = error_line(proc)
     assert "checkpoint step2 trained with a global batch of 16 samples per step" in line
@@ -328,7 +330,9 @@ def test_resume_with_another_global_batch_is_refused_with_the_setting_that_keeps
 def test_resume_on_another_world_size_and_zero_stage_at_once_is_refused(two_rank_zero2, tmp_path):
     run = _copy(two_rank_zero2, tmp_path)
     before = snapshot(run)
-    proc = train(run, "train.max_steps=4", "deepspeed=deepspeed/zero1.json", "train.grad_accum=2", "resume=auto")
+    proc = train(
+        run, "train.max_steps=4", "deepspeed=deepspeed/zero1.json", "train.grad_accum=2", *EXTEND, "resume=auto"
+    )
     assert proc.returncode == 2
     assert "written under ZeRO-2 by 2 ranks, this run is ZeRO-1 on 1" in error_line(proc)
     assert snapshot(run) == before
@@ -355,7 +359,7 @@ def test_universal_conversion_is_verified_and_redone_when_damaged(two_rank_zero2
 
 def test_resume_on_fewer_ranks_under_zero0_works(tmp_path):
     run = tmp_path / "run"
-    ok(train(run, "train.max_steps=2", nproc=2))
-    proc = ok(train(run, "train.max_steps=4", "train.grad_accum=2", "resume=auto"))
+    ok(train(run, "train.max_steps=2", *EXTEND, nproc=2))
+    proc = ok(train(run, "train.max_steps=4", "train.grad_accum=2", *EXTEND, "resume=auto"))
     assert "resumed from step2 (step 2)" in proc.stderr
     assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4]

@@ -24,6 +24,7 @@ from huginn_db.checkpoint import (
 )
 from huginn_db.components.distributed import agree
 from huginn_db.components.engine import zero_stage
+from huginn_db.components.optim import apply_schedule, schedule_change, schedule_state
 from huginn_db.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("huginn_db")
@@ -79,6 +80,8 @@ class Checkpointer:
         if ok and rank == 0:
             try:
                 meta = {"step": step, "world_size": self.world, "zero_stage": zero_stage(engine)}
+                # the schedule in the manifest: a resume checks it before touching the run directory
+                meta["schedule"] = schedule_state(self.cfg.train)
                 publish(self.dir, tag, {**meta, "global_batch": self.global_batch})
             except OSError as err:
                 error, ok = err, False
@@ -112,8 +115,9 @@ class Checkpointer:
         damaged ones with a warning. A checkpoint of another world size under ZeRO >= 1 is
         loaded through DeepSpeed's universal format (`self.universal`). Step s trains global
         samples [s·G, (s+1)·G) of the epoch, G = micro_batch_size × grad_accum × ranks, so a
-        resume with another G would skip or repeat samples: refused (ConfigError), as are
-        checkpoints that exist when none is complete."""
+        resume with another G would skip or repeat samples: refused (ConfigError), as are a
+        changed lr schedule (`optim.schedule_change`) and checkpoints that exist when none is
+        complete."""
         box = [None, [], None, False]  # tag, warnings, error, universal
         ckpt = self.dir
         if torch.distributed.get_rank() == 0 and self.cfg.resume == "auto" and ckpt.is_dir():
@@ -139,6 +143,10 @@ class Checkpointer:
         """(why checkpoint `tag` cannot be resumed by this run or None, whether it needs the
         universal format)."""
         world, tc = self.world, self.cfg.train
+        if "schedule" in meta:  # absent from checkpoints that predate it: not checked
+            why = schedule_change(meta["schedule"], tc, meta["step"])
+            if why:
+                return f"checkpoint {tag}: {why}", False
         was, was_stage = meta.get("world_size", world), meta.get("zero_stage", stage)
         was_batch = meta.get("global_batch")
         if was_batch is not None and was_batch != self.global_batch:
@@ -188,6 +196,7 @@ class Checkpointer:
         _, client = engine.load_checkpoint(str(self.dir), tag=load)
         if self.universal and zero_stage(engine) == 3:
             _restore_param_groups(engine.optimizer.optimizer, self.dir / load)
+        apply_schedule(engine.lr_scheduler)  # this run's schedule at the restored step
         torch.set_rng_state(client["torch_rng"])
         np.random.set_state(client["numpy_rng"])
         random.setstate(client["python_rng"])

@@ -4,6 +4,7 @@ and the same numbers sent to the trackers the DeepSpeed JSON enables."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import time
@@ -12,9 +13,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from huginn_db.components.precision import peak_memory_bytes
+from huginn_db.components.precision import autocast_dtype, peak_memory_bytes
 from huginn_db.config import RunConfig, to_dict
 from huginn_db.errors import ConfigError
+from huginn_db.gpus import GPUS, gpu_key
+
+log = logging.getLogger("huginn_db")
 
 
 def prepare_run_dir(cfg: RunConfig, rank: int) -> Path:
@@ -85,6 +89,34 @@ def host_value(v):
     return v
 
 
+def mfu_peak(train_cfg, device, say: bool = True) -> float | None:
+    """The MFU denominator: train.peak_flops, else on CUDA the GPU's dense datasheet peak
+    (`huginn_db.gpus`) for what the matmuls run in — bf16 under bf16 autocast; in fp32 the TF32
+    tensor-core peak where torch allows TF32 matmuls, else the plain fp32 one. None: no MFU.
+    `say`: log which peak (or why none), once per run."""
+    if train_cfg.peak_flops or device.type != "cuda":
+        return train_cfg.peak_flops
+    name = torch.cuda.get_device_name(device)
+    key = gpu_key(name)
+    if key is None:
+        if say:
+            log.info(
+                "no MFU: %s is not in huginn_db.gpus' table; set train.peak_flops (e.g. from huginn-db peak)", name
+            )
+        return None
+    bf16 = autocast_dtype(train_cfg.precision, device) == torch.bfloat16
+    dtype = "bf16" if bf16 else "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
+    peak = GPUS[key].peak(dtype)
+    if say:
+        log.info(
+            "MFU against the %s's dense %s peak, %.1f TFLOP/s (datasheet; train.peak_flops overrides)",
+            GPUS[key].name,
+            dtype,
+            peak / 1e12,
+        )
+    return peak
+
+
 class MetricsWriter:
     """Collects micro-batch losses between log steps; `log` averages them over every rank (a
     collective) and rank 0 appends the record, and sends it to `monitor` (the engine's
@@ -99,6 +131,12 @@ class MetricsWriter:
         self.losses = torch.zeros(2, dtype=torch.float64, device=device)  # Σ finite losses, their count
         self.rss_before = peak_memory_bytes(device)  # CPU: what model, engine and data already hold
         self.t_start = time.perf_counter()
+        self.window = [0.0, 0, 0.0]  # since the last record: step seconds, tokens, seconds waiting for data
+
+    def add_step(self, seconds: float, tokens: int, data_wait: float) -> None:
+        """One optimizer step's time (evaluation and checkpoints not included), tokens (all
+        ranks) and this rank's wait for its micro-batches."""
+        self.window = [self.window[0] + seconds, self.window[1] + tokens, self.window[2] + data_wait]
 
     def add_loss(self, loss: torch.Tensor) -> None:
         """Accumulated on the device: read on the host only when a record is logged."""
@@ -121,6 +159,7 @@ class MetricsWriter:
         torch.distributed.all_reduce(self.losses, op=torch.distributed.ReduceOp.SUM)
         total, count = self.losses.tolist()
         self.losses.zero_()
+        (window, window_tokens, wait), self.window = self.window, [0.0, 0, 0.0]
         if self.rank != 0:
             return None
         peak = peak_memory_bytes(self.device)
@@ -133,6 +172,8 @@ class MetricsWriter:
             "flops": flops,
             "seconds": seconds,
             "tokens_per_s": step_tokens / seconds,
+            "window_tokens_per_s": window_tokens / window if window else None,
+            "data_wait_share": wait / window if window else None,
             "elapsed": self.elapsed(),
             "lr": engine.get_lr()[0],
             "peak_memory_bytes": peak,

@@ -86,6 +86,7 @@ def test_retention_settings_are_checked():
 def test_a_run_keeps_the_last_two_and_the_multiples_and_resumes_past_a_leftover(tmp_path):
     run = tmp_path / "run"
     keep = ["train.micro_batch_size=8", "train.save_every=2", "train.keep_last=2", "train.keep_every=4"]
+    keep.append("train.schedule=constant")  # so the resume may move max_steps (extend_ok)
     launch("db", run, "train.max_steps=10", *keep)  # saves at 2, 4, 6, 8, 10
     ckpt = run / "checkpoints"
     assert dirs(ckpt) == ["step10", "step4", "step8"] and (ckpt / "latest").read_text() == "step10"
@@ -94,6 +95,6 @@ def test_a_run_keeps_the_last_two_and_the_multiples_and_resumes_past_a_leftover(
     shutil.copytree(ckpt / "step4", ckpt / (DELETING_PREFIX + "step6"))
     for p in sorted((ckpt / (DELETING_PREFIX + "step6")).iterdir())[::2]:
         p.unlink()
-    proc = launch("db", run, "train.max_steps=14", "resume=auto", *keep)
+    proc = launch("db", run, "train.max_steps=14", "train.extend_ok=true", "resume=auto", *keep)
     assert "resumed from step10 (step 10)" in proc.stderr and "skipping checkpoint" not in proc.stderr
     assert dirs(ckpt) == ["step12", "step14", "step4", "step8"]  # step 10 now past keep_last

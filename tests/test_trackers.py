@@ -93,6 +93,7 @@ def test_tensorboard_and_csv_hold_the_metrics_series_across_a_crash_and_resume(t
         "train.save_every=3",
         "eval.every=3",
         "eval.every_examples=2",
+        "train.schedule=constant",  # so the resume may move max_steps (extend_ok)
     ]
     launch("db", run, "train.max_steps=6", *common)
 
@@ -126,7 +127,7 @@ def test_tensorboard_and_csv_hold_the_metrics_series_across_a_crash_and_resume(t
     for p in (ckpt / "step6").iterdir():
         p.unlink()
     (ckpt / "step6").rmdir()
-    launch("db", run, "train.max_steps=8", "resume=auto", *common)
+    launch("db", run, "train.max_steps=8", "train.extend_ok=true", "resume=auto", *common)
     want = loss_series(run)
     assert [s for s, _ in want] == list(range(1, 9))
     assert [(e.step, e.value) for e in tensorboard().Scalars("train/loss")] == [

@@ -36,7 +36,6 @@ import math
 import time
 from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -89,6 +88,7 @@ def train_judge(
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from huginn_db.components.optim import lr_lambda
+    from huginn_db.config import TrainConfig
     from huginn_db.data.documents import TextDocuments
     from huginn_db.data.text import TextConfig
     from huginn_db.objectives.base import seed_of
@@ -122,7 +122,7 @@ def train_judge(
     )
     model = GPT2LMHeadModel(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
-    schedule = SimpleNamespace(warmup_steps=max(1, steps // 20), max_steps=steps, min_lr_ratio=0.0)
+    schedule = TrainConfig(warmup_steps=max(1, steps // 20), max_steps=steps, min_lr_ratio=0.0)  # cosine
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(schedule))
     g = torch.Generator().manual_seed(seed)
     start, bar = time.time(), tqdm(range(steps), desc="judge")

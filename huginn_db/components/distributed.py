@@ -73,11 +73,11 @@ def unlink_shm_segment() -> None:
     segments, whose flags can say a peer's copy is done before it is. Every rank maps every
     peer's segment while DeepSpeed starts, so after a barrier the names are not needed; the
     mappings live until the process ends."""
+    if torch.cuda.is_available() or torch.distributed.get_backend() != "gloo":
+        return  # NCCL: DeepSpeed makes no segments
     env = os.environ
     name = f"deepspeed_allreduce_buffer_{os.getuid()}_{env.get('MASTER_ADDR', '')}_{env.get('MASTER_PORT', '')}"
     path = Path("/dev/shm", f"{name}_{torch.distributed.get_rank()}")
-    if torch.distributed.get_backend() != "gloo":
-        return
     torch.distributed.barrier()
     path.unlink(missing_ok=True)
 

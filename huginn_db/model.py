@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from huginn_db.attention import _cached_backend, select_attention_backend, xformers_available  # noqa: F401
+from huginn_db.db_passes import self_condition_input, unrolled_denoise
 from huginn_db.kv_cache import KVCache
 from huginn_db.model_config import AttentionBackend, ModelConfig  # noqa: F401 (re-exported)
 
@@ -359,17 +360,6 @@ class RecurrentDepthLM(nn.Module):
         out = self.decode(h, cond, cache, labels)
         return (out, h) if return_latent else out
 
-    def self_condition_input(self, e, y, noise, sigma, c_in, mode: str) -> torch.Tensor:
-        """Self-conditioning's no-grad first pass at `sigma` from z = y + σ·noise, itself without
-        a self-conditioning input: its core output (mode latent) or D = softmax(logits)·Ê (prediction)."""
-        with torch.no_grad():
-            z = y + sigma[..., None] * noise
-            cond = self.sigma_embed(0.25 * torch.log(sigma))
-            h = self.core_step((c_in[..., None] * z).to(e.dtype), e, cond)
-            if mode == "latent":
-                return h.float()
-            return torch.softmax(self.decode(h, cond).float(), -1) @ self.clean_embeddings()
-
     def forward(self, input_ids, **kw):
         """Engine entry point (`train_pass`), under autocast to `autocast_dtype` when it is set."""
         if self.autocast_dtype is None:
@@ -395,8 +385,10 @@ class RecurrentDepthLM(nn.Module):
         prev_c_in=None,
         state=None,
         return_state=False,
+        unroll=None,
     ):
-        """A recurrent pass (num_steps; from `state` when given) or one DiffusionBlocks training pass.
+        """A recurrent pass (num_steps; from `state` when given) or one DiffusionBlocks training pass
+        (`unroll`: the kwargs of db_passes.unrolled_denoise, k sampler steps from z instead of one).
 
         The DB pass builds z = Ê[target] + σ·noise here, inside forward, so that under ZeRO-3
         the (partitioned) embedding is gathered when it is read. With `labels` both return the
@@ -411,9 +403,11 @@ class RecurrentDepthLM(nn.Module):
                 prev = torch.zeros(e.shape, dtype=torch.float32, device=e.device)
                 if prev_rows is not None and prev_rows.numel():
                     r = prev_rows
-                    sub = self.self_condition_input(e[r], y[r], noise[r], prev_sigma[r], prev_c_in[r], self_condition)
+                    sub = self_condition_input(self, e[r], y[r], noise[r], prev_sigma[r], prev_c_in[r], self_condition)
                     prev = prev.index_copy(0, r, sub)
             z = y + sigma[..., None] * noise
+            if unroll is not None:  # k Euler steps of the sampler from z (huginn_db.db_passes)
+                return unrolled_denoise(self, e, z, labels, prev=prev, self_condition=self_condition, **unroll)
             return self.denoise(e, z, sigma, c_in, labels=labels, prev=prev)
         return self.recur(
             input_ids, num_steps, num_grad_steps, generator, state, labels=labels, return_state=return_state

@@ -29,7 +29,7 @@ LAYERS = [
         "huginn_db.kv_cache",
         "huginn_db.attention",
     ],
-    ["huginn_db.model", "huginn_db.tokenizer", "huginn_db.data.documents"],
+    ["huginn_db.model", "huginn_db.db_passes", "huginn_db.tokenizer", "huginn_db.data.documents"],
     [
         "huginn_db.objectives",
         "huginn_db.data.families",

@@ -112,6 +112,12 @@ class Objective:
         return {"sigma_conditioning": cls.sigma_conditioning, "self_condition": False}
 
     @staticmethod
+    def grad_decodes(cfg, r: float | None = None) -> float:
+        """Coda + head passes with gradient per training sequence (σ-conditioned: each with its
+        σ-MLP and AdaLN); each but a row's last feeds a softmax·Ê readout with gradient (DB unrolled)."""
+        return 1.0
+
+    @staticmethod
     def nograd_decodes(cfg, r: float | None = None) -> float:
         """No-grad coda + head + softmax·Ê passes per training sequence (self-conditioning on D)."""
         return 0.0

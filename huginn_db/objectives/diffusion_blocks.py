@@ -46,6 +46,14 @@ class DiffusionBlocksConfig:
     self_condition_sigma: Literal["next", "same"] = "next"
     """The first pass's σ: the band edge above the sequence's band, where inference evaluated the
     iteration before (the top band then gets none, as inference's first step), or the same σ."""
+    unroll: int = 1
+    """k: a training step walks the num_bands-step Euler sampler from the drawn σ for k denoiser
+    calls (denoiser at σ, Euler step to the band edge below, denoiser there, … as inference walks
+    the edges), with gradient through all of them. A draw in band b has b + 1 denoiser
+    evaluations left before σ_min, so it runs min(k, b + 1). 1: one denoiser pass."""
+    unroll_loss: Literal["every", "last"] = "every"
+    """With unroll > 1: the mean of the CE at every unrolled step (each denoiser call is
+    supervised, as deep supervision), or the CE of a draw's last step only."""
 
     def __post_init__(self):
         if not 0 < self.sigma_min < self.sigma_max:
@@ -58,6 +66,7 @@ class DiffusionBlocksConfig:
             ("sampler", ("euler", "heun")),
             ("self_condition", ("none", "latent", "prediction")),
             ("self_condition_sigma", ("next", "same")),
+            ("unroll_loss", ("every", "last")),
         ):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be {'|'.join(allowed)}, got {getattr(self, key)!r}")
@@ -65,6 +74,10 @@ class DiffusionBlocksConfig:
             raise ValueError(f"self_condition_prob must be in [0, 1], got {self.self_condition_prob}")
         if self.self_condition != "none" and self.sigma_per != "sequence":
             raise ValueError("self_condition needs sigma_per=sequence (the first pass's σ follows the sequence's band)")
+        if self.unroll < 1:
+            raise ValueError(f"unroll must be >= 1, got {self.unroll}")
+        if self.unroll > 1 and self.sigma_per != "sequence":
+            raise ValueError("unroll > 1 needs sigma_per=sequence (the sampler walks a sequence down one σ schedule)")
 
     @property
     def self_condition_share(self) -> float:
@@ -73,6 +86,12 @@ class DiffusionBlocksConfig:
             return 0.0
         eligible = (self.num_bands - 1) / self.num_bands if self.self_condition_sigma == "next" else 1.0
         return self.self_condition_prob * eligible
+
+    @property
+    def unrolled_steps(self) -> float:
+        """Expected denoiser calls with gradient per sequence: min(k, b + 1) over equally likely bands
+        (exact in a micro-batch whose size is a multiple of num_bands: the bands are stratified)."""
+        return sum(min(self.unroll, b + 1) for b in range(self.num_bands)) / self.num_bands
 
     def sigma(self) -> dm.SigmaConfig:
         return dm.SigmaConfig(self.sigma_min, self.sigma_max, self.sigma_data, self.p_mean, self.p_std)
@@ -115,6 +134,10 @@ class DiffusionBlocksObjective(Objective):
         eps = torch.randn(B, T, unwrap(model).cfg.hidden, generator=g, device=ids.device)
         w = batch["loss_weight"]
         sc, extra = self._self_condition(B, sigma, band, g, ids.device, slot)
+        if self.cfg.unroll > 1:
+            sc["unroll"], steps = self._unroll(sigma, band)
+            # "r": core passes per sequence, the unrolled ones plus the first passes' share
+            extra.update(r=steps + extra.get("r", 1.0) - 1.0, unroll_steps=steps)
         ce = model(ids, target_ids=tgt, sigma=sigma, noise=eps, c_in=dm.c_in(sigma, self.sig), labels=tgt, **sc) * w
         if self.cfg.loss_weighting == "edm":
             lam = dm.edm_weight(sigma, self.sig)
@@ -129,6 +152,19 @@ class DiffusionBlocksObjective(Objective):
             "bands": torch.bincount(band, minlength=self.cfg.num_bands),
             **extra,
         }
+
+    def _unroll(self, sigma, band) -> tuple[dict, float]:
+        """The unrolled pass's schedule (db_passes.unrolled_denoise kwargs) and its mean steps per row.
+
+        A row in band b evaluates the denoiser at its σ, then at the edges σ_b, σ_{b−1}, …, σ_1
+        as the num_bands-step sampler does (its last Euler step lands on σ_min, where inference
+        evaluates nothing): min(k, b + 1) steps. Fixed by the bands, so known on the host."""
+        k = self.cfg.unroll
+        steps = (band + 1).clamp(max=k)
+        edge = (band[:, None] + 1 - torch.arange(k)).clamp(min=0)  # step j ≥ 1 at edge b + 1 − j
+        sigmas = torch.cat([sigma, self.edges[edge[:, 1:]].to(sigma.device)], dim=1)
+        kw = {"sigmas": sigmas, "c_ins": dm.c_in(sigmas, self.sig), "steps": steps, "mode": self.cfg.unroll_loss}
+        return kw, float(steps.double().mean())
 
     def _self_condition(self, B: int, sigma, band, g, device, slot: int) -> tuple[dict, dict]:
         """Which sequences get a no-grad first pass, and at which σ (model kwargs, stats).
@@ -241,18 +277,26 @@ class DiffusionBlocksObjective(Objective):
 
     @staticmethod
     def core_iterations(cfg: DiffusionBlocksConfig, r: float | None = None) -> tuple[float, float]:
-        """One grad pass; the self-conditioning first passes (no grad) on a share of the rows."""
-        return 1.0, (cfg.self_condition_share if r is None else r - 1.0)
+        """The grad passes (1, or the unrolled steps); the self-conditioning first passes (no
+        grad) on a share of the rows. r = both per sequence; with both variable the split takes
+        the expected unrolled steps, exact when the batch is a multiple of num_bands."""
+        if r is None:
+            return cfg.unrolled_steps, cfg.self_condition_share
+        if cfg.self_condition == "none":
+            return r, 0.0
+        return cfg.unrolled_steps, max(r - cfg.unrolled_steps, 0.0)
 
-    @staticmethod
-    def nograd_decodes(cfg: DiffusionBlocksConfig, r: float | None = None) -> float:
-        if cfg.self_condition != "prediction":
-            return 0.0
-        return cfg.self_condition_share if r is None else r - 1.0
+    @classmethod
+    def grad_decodes(cls, cfg: DiffusionBlocksConfig, r: float | None = None) -> float:
+        return cls.core_iterations(cfg, r)[0]  # every unrolled step decodes, with gradient
+
+    @classmethod
+    def nograd_decodes(cls, cfg: DiffusionBlocksConfig, r: float | None = None) -> float:
+        return cls.core_iterations(cfg, r)[1] if cfg.self_condition == "prediction" else 0.0
 
     @staticmethod
     def saved_core_iterations(cfg) -> int:
-        return 1
+        return cfg.unroll  # an upper bound: a row runs min(unroll, b + 1)
 
     @staticmethod
     def sigma_evaluations(cfg: DiffusionBlocksConfig, batch: int, seq: int) -> int:

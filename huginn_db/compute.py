@@ -35,7 +35,9 @@ Conventions (SPEC §4; every number this module prints follows them)
 * DiffusionBlocks: one σ-conditioned pass prelude → core (once) → coda → head, plus AdaLN:
   each conditioned block (core and coda) has `ada` = Linear(C, 6h) applied once per σ, i.e.
   per sequence (`sigma_per: sequence`) or per token (`token`), and the σ-embedding MLP (two
-  C×C layers) runs once per σ as well.
+  C×C layers) runs once per σ as well. Unrolled (`unroll` k > 1), a row in band b runs
+  min(k, b + 1) such passes with gradient (`grad_decodes`), and between them a softmax·Ê
+  readout: V·h forward plus the gradient w.r.t. the probabilities only (Ê is detached).
 
 Why the paper-shape BPTT/DB training ratio is 6.3×, not the ≈ 5.8× first quoted
 -------------------------------------------------------------------------------
@@ -167,9 +169,11 @@ def train_flops(
     core_train = 3 * f.adapter + mc.core_layers * block_train
     grad_iters, nograd_iters = obj.core_iterations(obj_cfg, r)
     decodes = obj.nograd_decodes(obj_cfg, r)  # no-grad coda + head + softmax·Ê passes (self-conditioning on D)
+    grad_decodes = obj.grad_decodes(obj_cfg, r)  # > 1: DB's unrolled steps, readouts between them
+    readouts = grad_decodes - 1  # softmax·Ê forward + its gradient w.r.t. the probabilities (Ê detached)
     adaln = 0.0
     if obj.sigma_conditioning:  # ada per conditioned block (fwd + bwd); σ MLP: layer 2 fwd+bwd, layer 1 fwd + grad_W
-        adaln = 3 * (mc.core_layers + mc.coda_layers) * f.ada + (3 + 2) * f.sigma_layer
+        adaln = grad_decodes * (3 * (mc.core_layers + mc.coda_layers) * f.ada + (3 + 2) * f.sigma_layer)
         # no-grad passes: their σ-MLP and the ada layers they run, forward only
         adaln += nograd_iters * (mc.core_layers * f.ada + 2 * f.sigma_layer) + decodes * mc.coda_layers * f.ada
     parts = {
@@ -177,11 +181,13 @@ def train_flops(
         # self-conditioning projection: forward + weight gradient (its input is detached)
         "core_grad": grad_iters * (core_train + 2 * f.self_cond),
         "core_nograd": nograd_iters * core_fwd,
-        "coda": mc.coda_layers * block_train + decodes * mc.coda_layers * (f.block_mm + f.block_attn),
-        "head": 3 * f.head + decodes * 2 * f.head,
+        "coda": grad_decodes * mc.coda_layers * block_train + decodes * mc.coda_layers * (f.block_mm + f.block_attn),
+        "head": 3 * grad_decodes * f.head + 2 * readouts * f.head + decodes * 2 * f.head,
         "adaln": adaln,
+        # the unrolled pass keeps every step's logits (D needs them): no chunked loss to recompute
         "recompute": (
-            (grad_iters * core_fwd if checkpoint_core else 0.0) + (f.head if _chunked_loss(mc, batch * seq) else 0.0)
+            (grad_iters * core_fwd if checkpoint_core else 0.0)
+            + (f.head if _chunked_loss(mc, batch * seq) and grad_decodes == 1 else 0.0)
         ),
     }
     parts["total"] = sum(parts.values())

@@ -98,9 +98,19 @@ def test_two_process_loss_curve_matches_one_process(objective, tmp_path):
     assert a[0]["loss"] != a[-1]["loss"]  # it actually trained
 
 
-@pytest.mark.parametrize("objective,stage", [("bptt", "0"), ("bptt", "3-cpu"), ("deep_supervision", "0")])
-def test_killed_run_resumes_to_identical_result(objective, stage, tmp_path):
+@pytest.mark.parametrize(
+    "objective,stage,extra",
+    [
+        ("bptt", "0", []),
+        ("bptt", "3-cpu", []),
+        ("deep_supervision", "0", []),
+        ("db", "0", ["objective.diffusion_blocks.unroll=3", "objective.diffusion_blocks.self_condition=latent"]),
+    ],
+    ids=["bptt-0", "bptt-3-cpu", "deep_supervision-0", "db_unroll-0"],
+)
+def test_killed_run_resumes_to_identical_result(objective, stage, extra, tmp_path):
     common = [
+        *extra,
         "train.max_steps=12",
         "train.micro_batch_size=8",
         "train.save_every=4",

@@ -83,6 +83,7 @@ CONFIG_FAULTS = {
     "k_above_mean_recurrence": (["objective.bptt.backprop_depth=40"], "backprop_depth=40 exceeds mean_recurrence=8"),
     "sigma_min_above_sigma_max": (["objective.diffusion_blocks.sigma_min=100"], "need 0 < sigma_min < sigma_max"),
     "no_bands": (["objective.diffusion_blocks.num_bands=0"], "num_bands must be >= 1"),
+    "no_unrolled_steps": (["objective.diffusion_blocks.unroll=0"], "unroll must be >= 1, got 0"),
     "negative_loss_chunk": (["model.loss_chunk=-1"], "model.loss_chunk must be >= 0"),
     "bad_precision": (["train.precision=fp16"], "train.precision must be auto|bf16|fp32"),
     "resume_and_overwrite": (["resume=auto", "overwrite=true"], "resume=auto and overwrite=true contradict"),

@@ -281,7 +281,20 @@ def load_config(recipe: str | Path, overrides: list[str] = ()) -> RunConfig:
         text.prepared = str(Path(text.prepared).expanduser().resolve())
     text.mixture = [str(Path(d).expanduser().resolve()) for d in text.mixture]
     validate(cfg)
-    check_deepspeed_json(cfg)
+    zero = check_deepspeed_json(cfg).get("zero_optimization", {}).get("stage", 0)
+    db = cfg.objective.diffusion_blocks
+    # ZeRO-3 gathers the core's weights at every call: every rank must make as many. A micro-batch
+    # holds every σ band when it has num_bands rows, so each rank unrolls the same number of calls.
+    if (
+        cfg.objective.name == "diffusion_blocks"
+        and db.unroll > 1
+        and zero == 3
+        and cfg.train.micro_batch_size < db.num_bands
+    ):
+        raise ConfigError(
+            f"objective.diffusion_blocks.unroll={db.unroll} under ZeRO-3 needs train.micro_batch_size >= num_bands "
+            f"({cfg.train.micro_batch_size} < {db.num_bands}): ranks would make different numbers of denoiser calls"
+        )
     return cfg
 
 

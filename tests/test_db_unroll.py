@@ -122,3 +122,20 @@ def test_unroll_1_is_the_one_pass_step():
     model.train_pass = lambda *a, **kw: seen.update(kw) or forward(*a, **kw)
     DiffusionBlocksObjective(DiffusionBlocksConfig(num_bands=4)).loss(model, _batch(B=4), step=0)
     assert "unroll" not in seen
+
+
+def test_zero3_refuses_a_micro_batch_without_every_band(tmp_path):
+    """ZeRO-3 gathers the core's weights per call; a micro-batch short of num_bands could make
+    ranks unroll different numbers of calls, and the collectives would never meet."""
+    from huginn_db.config import load_config
+    from huginn_db.errors import ConfigError
+    from tests.conftest import RECIPES
+
+    over = ["objective.diffusion_blocks.unroll=3", "deepspeed=deepspeed/zero3-cpu.json"]
+    with pytest.raises(ConfigError, match=r"needs train.micro_batch_size >= num_bands \(4 < 8\)"):
+        load_config(RECIPES / "demo-db.yaml", [*over, "train.micro_batch_size=4"])
+    assert (
+        load_config(RECIPES / "demo-db.yaml", [*over, "train.micro_batch_size=8"]).objective.diffusion_blocks.unroll
+        == 3
+    )
+    assert load_config(RECIPES / "demo-db.yaml", ["objective.diffusion_blocks.unroll=3", "train.micro_batch_size=4"])

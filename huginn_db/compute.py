@@ -36,6 +36,9 @@ Conventions (SPEC §4; every number this module prints follows them)
   each conditioned block (core and coda) has `ada` = Linear(C, 6h) applied once per σ, i.e.
   per sequence (`sigma_per: sequence`) or per token (`token`), and the σ-embedding MLP (two
   C×C layers) runs once per σ as well.
+* Deep supervision: n = `nograd_steps` core iterations without grad and k = `grad_steps` with,
+  from the carried state, then coda and head once; k core iterations' activations are saved.
+  Its `damping` and `state_noise` are element-wise, so they add no matmul FLOPs.
 
 Why the paper-shape BPTT/DB training ratio is 6.3×, not the ≈ 5.8× first quoted
 -------------------------------------------------------------------------------

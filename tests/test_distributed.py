@@ -98,14 +98,27 @@ def test_two_process_loss_curve_matches_one_process(objective, tmp_path):
     assert a[0]["loss"] != a[-1]["loss"]  # it actually trained
 
 
-@pytest.mark.parametrize("objective,stage", [("bptt", "0"), ("bptt", "3-cpu"), ("deep_supervision", "0")])
-def test_killed_run_resumes_to_identical_result(objective, stage, tmp_path):
+# deep supervision with k = 2 and EqR's options: the state noise after the kill is drawn again
+EQR = ("grad_steps=2", "damping=0.05", "state_noise=0.1", "loss_weights=linear")
+
+
+@pytest.mark.parametrize(
+    "objective,stage,extra",
+    [
+        pytest.param("bptt", "0", (), id="bptt-0"),
+        pytest.param("bptt", "3-cpu", (), id="bptt-3-cpu"),
+        pytest.param("deep_supervision", "0", (), id="deep_supervision-0"),
+        pytest.param("deep_supervision", "0", EQR, id="deep_supervision-0-eqr"),
+    ],
+)
+def test_killed_run_resumes_to_identical_result(objective, stage, extra, tmp_path):
     common = [
         "train.max_steps=12",
         "train.micro_batch_size=8",
         "train.save_every=4",
         f"deepspeed=deepspeed/zero{stage}.json",
         "objective.deep_supervision.segments=3",  # refills on both sides of the kill
+        *(f"objective.deep_supervision.{kv}" for kv in extra),
     ]
     full, killed = tmp_path / "full", tmp_path / "killed"
     launch(objective, full, *common)

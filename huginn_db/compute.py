@@ -38,6 +38,9 @@ Conventions (SPEC §4; every number this module prints follows them)
   C×C layers) runs once per σ as well. Unrolled (`unroll` k > 1), a row in band b runs
   min(k, b + 1) such passes with gradient (`grad_decodes`), and between them a softmax·Ê
   readout: V·h forward plus the gradient w.r.t. the probabilities only (Ê is detached).
+* Deep supervision: n = `nograd_steps` core iterations without grad and k = `grad_steps` with,
+  from the carried state, then coda and head once; k core iterations' activations are saved.
+  Its `damping` and `state_noise` are element-wise, so they add no matmul FLOPs.
 
 Why the paper-shape BPTT/DB training ratio is 6.3×, not the ≈ 5.8× first quoted
 -------------------------------------------------------------------------------

@@ -80,9 +80,7 @@ class Attention(nn.Module):
     def backend(self, device: torch.device) -> str:
         return _cached_backend(self.cfg.attention, device.type)
 
-    def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos, sin, cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         H, D = self.cfg.heads, self.cfg.head_dim
         qkv = self.qkv(x)
@@ -210,10 +208,8 @@ class RecurrentDepthLM(nn.Module):
         for name, p in self.named_parameters():
             if name.startswith("sigma_embed"):
                 continue  # default nn.Linear init, as DiT
-            if name.endswith(".ada.weight") or name.endswith(".ada.bias") or name.endswith("self_cond.weight"):
-                nn.init.zeros_(p)  # AdaLN-Zero; self-conditioning starts as plain DB
-            elif name.endswith("qk_bias"):
-                nn.init.zeros_(p)
+            if name.endswith((".ada.weight", ".ada.bias", "self_cond.weight", "qk_bias")):
+                nn.init.zeros_(p)  # AdaLN-Zero; self-conditioning starts as plain DB; q/k biases
             elif p.dim() == 1:  # only RMSNorm weights are left
                 nn.init.ones_(p)
             else:
@@ -226,16 +222,15 @@ class RecurrentDepthLM(nn.Module):
 
     def num_parameters(self) -> dict[str, int]:
         count = lambda m: sum(p.numel() for p in m.parameters())
-        parts = {
+        return {
             "embedding": self.wte.weight.numel(),
             "prelude": count(self.prelude),
             "core": count(self.core),
             "coda": count(self.coda),
             "final_norm": count(self.ln_f),
             "sigma_embed": count(self.sigma_embed) if self.sigma_embed is not None else 0,
+            "total": sum(p.numel() for p in self.parameters()),
         }
-        parts["total"] = sum(p.numel() for p in self.parameters())
-        return parts
 
     # -- pieces, used by the objectives and samplers --
     def encode(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
@@ -316,26 +311,32 @@ class RecurrentDepthLM(nn.Module):
         cache: KVCache | None = None,
         labels=None,
         return_state: bool = False,
+        damping: float = 0.0,
     ):
         """Huginn's loop: num_steps − num_grad_steps iterations without grad, then the rest with.
 
         state: the initial state s₀ (B, T, h); drawn from `generator` when not given.
         labels: return the per-position CE instead of the logits (see decode).
         return_state: also return the last state s_r (what deep supervision carries on).
+        damping: a, every iteration is s ← a·s + (1 − a)·R(s, e) (Equilibrium Reasoners; 0: Huginn's).
         """
         e = self.encode(input_ids, cache)
         k = num_steps if num_grad_steps is None else min(num_grad_steps, num_steps)
         s = self.initial_state(e, generator) if state is None else state.to(e.device, e.dtype)
-        if num_steps - k > 0:
-            with torch.no_grad():
-                for _ in range(num_steps - k):
-                    s = self.core_step(s, e, cache=cache)
-            s = s.detach()
-        for _ in range(k):
-            if self.cfg.checkpoint_core and torch.is_grad_enabled() and cache is None:
-                s = torch.utils.checkpoint.checkpoint(self.core_step, s, e, use_reentrant=False)
+
+        def step(s, ckpt=False):
+            if ckpt:
+                f = torch.utils.checkpoint.checkpoint(self.core_step, s, e, use_reentrant=False)
             else:
-                s = self.core_step(s, e, cache=cache)
+                f = self.core_step(s, e, cache=cache)
+            return f if damping == 0 else damping * s + (1 - damping) * f  # a = 0: the plain loop, bit for bit
+
+        with torch.no_grad():  # what these iterations produce needs no detach: it has no graph
+            for _ in range(num_steps - k):
+                s = step(s)
+        ckpt = self.cfg.checkpoint_core and torch.is_grad_enabled() and cache is None
+        for _ in range(k):
+            s = step(s, ckpt)
         out = self.decode(s, cache=cache, labels=labels)
         return (out, s) if return_state else out
 
@@ -386,6 +387,7 @@ class RecurrentDepthLM(nn.Module):
         state=None,
         return_state=False,
         unroll=None,
+        damping=0.0,
     ):
         """A recurrent pass (num_steps; from `state` when given) or one DiffusionBlocks training pass
         (`unroll`: the kwargs of db_passes.unrolled_denoise, k sampler steps from z instead of one).
@@ -409,6 +411,4 @@ class RecurrentDepthLM(nn.Module):
             if unroll is not None:  # k Euler steps of the sampler from z (huginn_db.db_passes)
                 return unrolled_denoise(self, e, z, labels, prev=prev, self_condition=self_condition, **unroll)
             return self.denoise(e, z, sigma, c_in, labels=labels, prev=prev)
-        return self.recur(
-            input_ids, num_steps, num_grad_steps, generator, state, labels=labels, return_state=return_state
-        )
+        return self.recur(input_ids, num_steps, num_grad_steps, generator, state, None, labels, return_state, damping)

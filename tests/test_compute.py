@@ -39,6 +39,8 @@ OBJECTIVES = {
     "fixed_full": FixedDepthConfig(depth=3),
     "fixed_truncated": FixedDepthConfig(depth=4, backprop_depth=2),
     "deep_supervision": DeepSupervisionConfig(nograd_steps=2, segments=4),
+    # k = 3 grad iterations; the damped update and the state noise are element-wise: no matmul FLOPs
+    "deep_supervision_k3": DeepSupervisionConfig(nograd_steps=2, grad_steps=3, segments=4, damping=0.05),
 }
 # the FLOP count also prices DB's unrolled steps (their activation estimate is not modelled)
 FLOP_CASES = {

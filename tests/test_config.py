@@ -9,10 +9,17 @@ from huginn_db.data.families import FAMILIES, ChainConfig, CupsConfig, ModSumCon
 from huginn_db.data.reasoning import ReasoningConfig
 from huginn_db.data.text import TextConfig
 from huginn_db.model import ModelConfig
+from huginn_db.objectives.deep_supervision import DeepSupervisionConfig
 from tests.conftest import RECIPES
 
 # the config dataclasses that document and check their own fields
-SELF_CHECKING = [ModelConfig, ReasoningConfig, TextConfig, *(family.config for family in FAMILIES.values())]
+SELF_CHECKING = [
+    ModelConfig,
+    ReasoningConfig,
+    TextConfig,
+    DeepSupervisionConfig,
+    *(family.config for family in FAMILIES.values()),
+]
 
 
 def test_paired_recipes_inherit_everything_but_the_objective():
@@ -103,6 +110,8 @@ def test_dotted_overrides_are_typed():
         ("objective.diffusion_blocks.sigma_min=100", "sigma_min < sigma_max"),
         ("deepspeed=missing.json", "deepspeed: config file not found"),
         ("train.precision=fp16", "train.precision must be auto|bf16|fp32"),
+        ("objective.deep_supervision.grad_steps=0", "grad_steps must be >= 1, got 0"),
+        ("objective.deep_supervision.loss_weights=first", "loss_weights must be uniform|linear|last"),
         ("maxsteps", "must look like dotted.key=value"),
     ],
 )
@@ -166,6 +175,11 @@ FIELD_FAULTS = [
     (TextConfig, {"val_fraction": 1.0}, "val_fraction must be in [0, 1), got 1.0"),
     (TextConfig, {"val_fraction": -0.1}, "val_fraction must be in [0, 1)"),
     (TextConfig, {"streaming": True}, "streaming was retired"),
+    (DeepSupervisionConfig, {"grad_steps": 0}, "grad_steps must be >= 1, got 0"),
+    (DeepSupervisionConfig, {"damping": 1.0}, "damping must be in [0, 1), got 1.0"),
+    (DeepSupervisionConfig, {"damping": float("nan")}, "damping must be in [0, 1), got nan"),
+    (DeepSupervisionConfig, {"state_noise": -0.1}, "state_noise must be >= 0, got -0.1"),
+    (DeepSupervisionConfig, {"loss_weights": "first"}, "loss_weights must be uniform|linear|last, got 'first'"),
 ]
 
 

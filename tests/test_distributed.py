@@ -98,15 +98,23 @@ def test_two_process_loss_curve_matches_one_process(objective, tmp_path):
     assert a[0]["loss"] != a[-1]["loss"]  # it actually trained
 
 
+# deep supervision with k = 2 and EqR's options: the state noise after the kill is drawn again
+EQR = tuple(
+    f"objective.deep_supervision.{kv}"
+    for kv in ("grad_steps=2", "damping=0.05", "state_noise=0.1", "loss_weights=linear")
+)
+DB_UNROLL = ("objective.diffusion_blocks.unroll=3", "objective.diffusion_blocks.self_condition=latent")
+
+
 @pytest.mark.parametrize(
     "objective,stage,extra",
     [
-        ("bptt", "0", []),
-        ("bptt", "3-cpu", []),
-        ("deep_supervision", "0", []),
-        ("db", "0", ["objective.diffusion_blocks.unroll=3", "objective.diffusion_blocks.self_condition=latent"]),
+        pytest.param("bptt", "0", (), id="bptt-0"),
+        pytest.param("bptt", "3-cpu", (), id="bptt-3-cpu"),
+        pytest.param("deep_supervision", "0", (), id="deep_supervision-0"),
+        pytest.param("deep_supervision", "0", EQR, id="deep_supervision-0-eqr"),
+        pytest.param("db", "0", DB_UNROLL, id="db_unroll-0"),
     ],
-    ids=["bptt-0", "bptt-3-cpu", "deep_supervision-0", "db_unroll-0"],
 )
 def test_killed_run_resumes_to_identical_result(objective, stage, extra, tmp_path):
     common = [

@@ -142,11 +142,13 @@ class LatentRecurrence(Objective):
         self, model, input_ids, num_steps=None, generator=None, noise=None, cache=None, exit=None, stats=None, **_
     ):
         """noise: the initial state s₀ (default: drawn from `generator`); cache: see decoding;
-        exit: an adaptive-exit rule (objectives.adaptive; num_steps is then the maximum depth)."""
+        exit: an adaptive-exit rule (objectives.adaptive; num_steps is then the maximum depth).
+        An objective trained with damped updates (cfg.damping, Equilibrium Reasoners) runs them here too."""
         m, K = unwrap(model), num_steps or self.default_num_steps
+        a = getattr(self.cfg, "damping", 0.0)
         rule = ExitRule.parse(exit)
         if rule is None:
-            return m.recur(input_ids, K, 0, generator, state=noise, cache=cache)
+            return m.recur(input_ids, K, 0, generator, state=noise, cache=cache, damping=a)
         cache = cache if cache is not None else KVCache()
         e = m.encode(input_ids, cache)
         s0 = m.initial_state(e, generator) if noise is None else noise.to(e.device, e.dtype)
@@ -154,6 +156,7 @@ class LatentRecurrence(Objective):
 
         def step(active):
             new = m.core_step(state[0], e, cache=cache)
+            new = new if a == 0 else a * state[0] + (1 - a) * new
             state[0] = new if active is None else torch.where(active[..., None], new, state[0])
             return m.decode(state[0], cache=cache), state[0]
 

@@ -2,14 +2,20 @@
 training step to the next instead of backpropagated through.
 
 Every micro-batch row is a slot that keeps one example for `segments` (M) steps together with
-its latent state s. A step runs n = `nograd_steps` core iterations without gradient and one
-with, from the slot's detached state, supervises the coda output, and keeps the new state
-(detached). After M steps the slot takes the next example and a fresh random state. Slots are
-staggered (slot q is q mod M segments into its first example), so every batch mixes the depths
-(n+1), 2(n+1), … M(n+1). A step backpropagates through one core iteration, so n = 0 costs
-what a DiffusionBlocks step costs, while the model learns to improve its answer from states
-it reached itself. HRM's learned halting (ACT) is left out: every example gets all M segments.
-Inference is the latent recurrence from a random state, M(n+1) iterations by default.
+its latent state s. A step runs n = `nograd_steps` core iterations without gradient and then
+k = `grad_steps` with (HRM/TRM: k = 1), from the slot's detached state, supervises the coda
+output, and keeps the new state (detached). After M steps the slot takes the next example and a
+fresh random state. Slots are staggered (slot q is q mod M segments into its first example), so
+every batch mixes the depths (n+k), 2(n+k), … M(n+k). A step backpropagates through k core
+iterations, so n = 0, k = 1 costs what a DiffusionBlocks step costs, while the model learns to
+improve its answer from states it reached itself. HRM's learned halting (ACT) is left out: every
+example gets all M segments. Inference is the latent recurrence from a random state, M(n+k)
+iterations by default.
+
+Options from Equilibrium Reasoners (EqR): `damping` a makes every core iteration, in training
+and at inference, the damped update s ← a·s + (1 − a)·R(s, e) (EqR: a = 0.05), whose fixed
+points are R's; `state_noise` σ perturbs a carried state by σ·ε before the step that goes on
+from it. `loss_weights` weighs a row by its segment (its slot's age).
 
 Data: the slot at global row q = (micro·world + rank)·B + i holds, as its j-th example, row i
 of the corpus's micro-batch of step j. The sample stream is the one the other objectives read,
@@ -20,6 +26,7 @@ slot. The carried states are checkpointed with every rank's own slots.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -31,18 +38,39 @@ from huginn_db.objectives.registry import register
 @dataclass
 class DeepSupervisionConfig:
     nograd_steps: int = 0
-    """n: core iterations without gradient before the one with, every step."""
+    """n: core iterations without gradient before the ones with, every step."""
+    grad_steps: int = 1
+    """k: core iterations with gradient after the n without, every step, backpropagated through from the
+    carried, detached state (1: HRM/TRM's one-step gradient)."""
     segments: int = 16
     """M: steps (supervision segments) a slot keeps its example and its carried state."""
     stagger: bool = True
     """Slot q starts q mod M segments into its first example, so a batch mixes depths (False:
     every slot takes a new example at the same step)."""
     eval_steps: int | None = None
-    """Default test-time iterations (None: segments·(nograd_steps + 1), the depth training reaches)."""
+    """Default test-time iterations (None: segments·(nograd_steps + grad_steps), the depth training reaches)."""
+    loss_weights: Literal["uniform", "linear", "last"] = "uniform"
+    """Weight of an example's segment j = 0…M−1 (a row's j is its slot's age), each with mean 1 over the M
+    segments: uniform 1; linear 2(j+1)/(M+1), rising with depth; last M on the last segment and 0 on the
+    others (only the final answer is supervised). A batch without slots (tests, FLOP probes) is uniform."""
+    damping: float = 0.0
+    """a: every core iteration, in training and at inference, is s ← a·s + (1 − a)·R(s, e) (Equilibrium
+    Reasoners: 0.05); 0 is the plain update."""
+    state_noise: float = 0.0
+    """σ: a carried state gets σ·ε, ε ~ N(0, I), before the step that goes on from it (a fresh state gets
+    none); ε is seeded by (seed, slot, step), so a resume draws it again."""
 
     def __post_init__(self):
         if self.nograd_steps < 0:
             raise ValueError(f"nograd_steps must be >= 0, got {self.nograd_steps}")
+        if self.grad_steps < 1:
+            raise ValueError(f"grad_steps must be >= 1, got {self.grad_steps}")
+        if self.loss_weights not in ("uniform", "linear", "last"):
+            raise ValueError(f"loss_weights must be uniform|linear|last, got {self.loss_weights!r}")
+        if not 0 <= self.damping < 1:
+            raise ValueError(f"damping must be in [0, 1), got {self.damping}")
+        if not self.state_noise >= 0:
+            raise ValueError(f"state_noise must be >= 0, got {self.state_noise}")
         if self.segments < 1:
             raise ValueError(f"segments must be >= 1, got {self.segments}")
         if self.eval_steps is not None and self.eval_steps < 1:
@@ -51,12 +79,21 @@ class DeepSupervisionConfig:
     @property
     def depth(self) -> int:
         """Core iterations an example has been through at its last segment."""
-        return self.segments * (self.nograd_steps + 1)
+        return self.segments * (self.nograd_steps + self.grad_steps)
+
+    def segment_weight(self, age: int) -> float:
+        """`loss_weights` of segment j = age of an example."""
+        m = self.segments
+        if self.loss_weights == "linear":
+            return 2 * (age + 1) / (m + 1)
+        if self.loss_weights == "last":
+            return float(m) if age == m - 1 else 0.0
+        return 1.0
 
 
 @register
 class DeepSupervisionObjective(LatentRecurrence):
-    """n no-grad + 1 grad core iterations per step from each slot's carried, detached state."""
+    """n no-grad + k grad core iterations per step from each slot's carried, detached state."""
 
     name = "deep_supervision"
     short = "DeepSup"
@@ -104,7 +141,8 @@ class DeepSupervisionObjective(LatentRecurrence):
     def loss(self, model, batch, step: int, slot: int = 0):
         """A batch without slot rows (a plain corpus batch: tests, FLOP probes) starts every row
         from a fresh state and keeps nothing."""
-        n, ids = self.cfg.nograd_steps, batch["input_ids"]
+        cfg, ids = self.cfg, batch["input_ids"]
+        n, k = cfg.nograd_steps, cfg.grad_steps
         B, T = ids.shape
         m = unwrap(model)
         rows = batch.get("rows")
@@ -115,19 +153,31 @@ class DeepSupervisionObjective(LatentRecurrence):
             fresh = range(B)
         else:
             fresh = [i for i, a in enumerate(batch["age"]) if a == 0]
+            if cfg.state_noise > 0:  # on the carried rows only; drawn on the state's device, like BPTT's s₀
+                g = torch.Generator(device=s.device).manual_seed(seed_of(self.seed, key, step, 6))
+                eps = torch.randn(s.shape, generator=g, device=s.device)
+                carried = torch.tensor([a > 0 for a in batch["age"]], device=s.device)
+                s = s + cfg.state_noise * carried[:, None, None] * eps
         for i in fresh:
             if rows is not None:
                 s[i] = self._fresh_state(m, T, rows[i], batch["example"][i]).to(s.device)
             else:
                 s[i] = self._fresh_state(m, T, slot, i, tag=5).to(s.device)
         w = batch["loss_weight"]
-        ce, s = model(ids, num_steps=n + 1, num_grad_steps=1, state=s, labels=batch["target_ids"], return_state=True)
+        labels = batch["target_ids"]
+        ce, s = model(
+            ids, num_steps=n + k, num_grad_steps=k, state=s, labels=labels, return_state=True, damping=cfg.damping
+        )
         if key is not None:
             self.states[key] = s.detach().float()
+        if rows is not None and cfg.loss_weights != "uniform":
+            # the denominator stays the token count: a segment's weight scales its share of the loss
+            seg = torch.tensor([cfg.segment_weight(a) for a in batch["age"]], device=ce.device)
+            ce = ce * seg[:, None]
         loss = (ce * w).sum() / w.sum().clamp(min=1)
-        stats = {"r": n + 1, "no_grad_iters": n, "grad_iters": 1}
+        stats = {"r": n + k, "no_grad_iters": n, "grad_iters": k}
         if rows is not None:
-            stats["depth_mean"] = (sum(batch["age"]) / B + 1) * (n + 1)
+            stats["depth_mean"] = (sum(batch["age"]) / B + 1) * (n + k)
         return loss, stats
 
     def skipped_step(self, model, step: int) -> None:
@@ -163,12 +213,12 @@ class DeepSupervisionObjective(LatentRecurrence):
     # --- analytic cost ---
     @staticmethod
     def core_iterations(cfg: DeepSupervisionConfig, r: int | None = None) -> tuple[float, float]:
-        return 1.0, float(cfg.nograd_steps)
+        return float(cfg.grad_steps), float(cfg.nograd_steps)
 
     @staticmethod
     def saved_core_iterations(cfg: DeepSupervisionConfig) -> int:
-        return 1
+        return cfg.grad_steps
 
     @staticmethod
     def draw_iterations(cfg: DeepSupervisionConfig, step: int, seed: int = 0) -> int:
-        return cfg.nograd_steps + 1
+        return cfg.nograd_steps + cfg.grad_steps

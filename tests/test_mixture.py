@@ -13,6 +13,7 @@ from huginn_db.data.documents import prepared_held_out
 from huginn_db.data.mixture import Blend
 from huginn_db.data.text import TextConfig, TextCorpus
 from tests.conftest import RECIPES, clean_env, metrics
+from tests.test_prepared import TINY_TEXT_RUN
 from tests.test_text_data import _docs, _jsonl
 
 
@@ -112,15 +113,8 @@ def test_training_on_a_mixture_resumes_bitwise_and_its_text_tasks_score_what_it_
         "data.text.tokenizer=reasoning",
         "data.text.seq_len=9",
         "model.vocab_size=32",
-        "model.hidden=32",
-        "model.mlp_hidden=64",
         "model.context=16",
-        "train.micro_batch_size=4",
-        "train.log_every=1",
-        "train.threads=1",
-        "eval.num_steps=[1]",
-        "eval.max_val_batches=1",
-        "train.precision=fp32",
+        *TINY_TEXT_RUN,
         "train.schedule=constant",  # so the resume may move max_steps (extend_ok)
     ]
 

@@ -15,6 +15,18 @@ from huginn_db.data.text import TextConfig, TextCorpus
 from tests.conftest import RECIPES, clean_env, metrics
 from tests.test_text_data import _docs, _jsonl
 
+# a text run small enough to train a few steps in a test
+TINY_TEXT_RUN = [
+    "model.hidden=32",
+    "model.mlp_hidden=64",
+    "train.micro_batch_size=4",
+    "train.log_every=1",
+    "train.threads=1",
+    "eval.num_steps=[1]",
+    "eval.max_val_batches=1",
+    "train.precision=fp32",
+]
+
 
 @pytest.fixture(autouse=True)
 def _private_datasets_cache(tmp_path, monkeypatch):
@@ -122,14 +134,7 @@ def test_training_from_a_prepared_set_gives_the_in_memory_losses_and_resumes_bit
         f"data.text.files=[{tmp_path / 'ts.txt'}]",
         f"data.text.tokenizer={tok}",
         "data.text.seq_len=32",
-        "model.hidden=32",
-        "model.mlp_hidden=64",
-        "train.micro_batch_size=4",
-        "train.log_every=1",
-        "train.threads=1",
-        "eval.num_steps=[1]",
-        "eval.max_val_batches=1",
-        "train.precision=fp32",
+        *TINY_TEXT_RUN,
     ]
     recipe = str(RECIPES / "text-small-db.yaml")
     assert cli(["data", "prepare", recipe, *common, "--out", str(tmp_path / "set"), "--num-proc", "2"]) == 0

@@ -7,7 +7,7 @@ RUN      = $(VENV)/bin/python
 STAMP    = $(VENV)/.installed
 OPS      = $(VENV)/.deepspeed-ops
 
-.PHONY: install demo study study-depth study-text study-lm1b test test-fast lint format clean
+.PHONY: install demo study study-depth study-target study-text study-lm1b test test-fast lint format clean
 
 # torch goes in first and pinned, then everything else with the pin as a constraint, so a
 # CPU machine never pulls the multi-GB CUDA build. GPU users: `make install TORCH=torch`.
@@ -40,13 +40,24 @@ STUDY = $(VENV)/bin/huginn-db compare recipes/depth-db.yaml --mode compute --out
 TEXT  = $(VENV)/bin/huginn-db compare --mode compute --skip-done --num-steps 1,2,4,8,16 --sample-steps 1,4,8,16 \
         --prompts 200 --per-prompt 1 --limit 50
 DATA ?= ../shared/data
-study: study-depth study-text study-lm1b
+study: study-depth study-target study-text study-lm1b
 
 study-depth: $(OPS)
 	$(STUDY) --seeds 0 1 2 --objectives bptt diffusion_blocks deep_supervision diffusion_blocks:self_condition=latent \
 	    fixed_depth:depth=1 fixed_depth:depth=8 diffusion_blocks:self_condition=prediction
 	$(STUDY) --seeds 0 --objectives bptt deep_supervision:segments=4 deep_supervision:nograd_steps=7,segments=2
 	$(VENV)/bin/huginn-db report runs/study/*-seed* --out runs/study
+
+# Training FLOPs to a target: every run scores the largest trained (d7) and the first unseen (d8)
+# difficulty at K = 16 every 100 steps; the report gives accuracy against cumulative training
+# FLOPs and the FLOPs at which d8 first reaches 0.9. Multi-step-gradient objectives beside BPTT.
+TARGET = $(VENV)/bin/huginn-db compare recipes/depth-db.yaml --mode compute --out runs/study-target --skip-done \
+         --num-steps 1,4,16 eval.every=100 "eval.every_num_steps=[16]" "eval.every_difficulties=[7,8]" \
+         eval.every_examples=200
+study-target: $(OPS)
+	$(TARGET) --seeds 0 1 2 --objectives bptt deep_supervision:grad_steps=2,segments=4,damping=0.05,state_noise=0.01 \
+	    diffusion_blocks:unroll=2,sigma_per=sequence
+	$(VENV)/bin/huginn-db report runs/study-target/*-seed* --out runs/study-target
 
 runs/tokenizers/tinystories-4k/tokenizer.model: $(STAMP)
 	$(VENV)/bin/huginn-db tokenizer train --input $(DATA)/tinystories/tinystories_val.txt --vocab-size 4000 \

@@ -162,12 +162,18 @@ class EvalConfig:
     """In-training evaluation every N steps (0: off), logged to metrics.jsonl."""
     every_examples: int = 50
     """Reasoning problems per difficulty for the in-training evaluation."""
+    every_num_steps: list[int] = field(default_factory=list)
+    """Test-time iterations of the in-training evaluation ([]: the objective's default depth)."""
+    every_difficulties: list[int] = field(default_factory=list)
+    """Reasoning difficulties of the in-training evaluation ([]: every test difficulty)."""
 
     def __post_init__(self):
         if self.num_steps and min(self.num_steps) < 1:
             raise ValueError(f"num_steps must list test-time iterations >= 1, got {self.num_steps}")
         if min(self.batch_size, self.max_val_batches, self.every_examples) < 1 or self.every < 0:
             raise ValueError("batch_size, max_val_batches and every_examples must be >= 1, every >= 0")
+        if self.every_num_steps and min(self.every_num_steps) < 1:
+            raise ValueError(f"every_num_steps must list test-time iterations >= 1, got {self.every_num_steps}")
 
 
 @dataclass
@@ -366,6 +372,9 @@ def validate(cfg: RunConfig) -> None:
             build_family(cfg.data.reasoning)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        extra = sorted(set(cfg.eval.every_difficulties) - set(cfg.data.reasoning.test_difficulties))
+        if extra:
+            raise ConfigError(f"eval.every_difficulties {extra} are not in data.reasoning.test_difficulties")
 
 
 def resolve(cfg: RunConfig, vocab_size: int) -> RunConfig:

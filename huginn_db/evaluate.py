@@ -20,6 +20,7 @@ def reasoning_accuracy(
     seed: int = 0,
     device="cpu",
     limit: int | None = None,
+    difficulties: list[int] | None = None,
 ) -> dict[str, dict[str, float]]:
     """{str(K): {'d1': acc, …, 'mean': acc}} for each test-time iteration count K.
 
@@ -30,6 +31,8 @@ def reasoning_accuracy(
     examples = corpus.test_set(
         min(limit, corpus.cfg.test_examples) if limit else None
     )  # the first `limit` per difficulty
+    if difficulties:
+        examples = [ex for ex in examples if ex["difficulty"] in difficulties]
     max_new = max(len(ex["answer"]) for ex in examples) + 1  # and EOS
     groups = defaultdict(list)
     for i, ex in enumerate(examples):
@@ -88,10 +91,18 @@ def format_accuracy_table(acc: dict[str, dict[str, float]]) -> str:
 
 
 def evaluate(
-    cfg, objective, model, corpus, device, num_steps: list[int] | None = None, examples: int | None = None
+    cfg,
+    objective,
+    model,
+    corpus,
+    device,
+    num_steps: list[int] | None = None,
+    examples: int | None = None,
+    difficulties: list[int] | None = None,
 ) -> dict:
     """The trainer's scores per test-time depth: answer accuracy (reasoning) or validation loss
-    (text). `examples` caps the reasoning test set per difficulty (in-training evaluation)."""
+    (text). `examples` caps the reasoning test set per difficulty and `difficulties` picks some
+    of them (in-training evaluation)."""
     num_steps = num_steps or cfg.eval.num_steps
     if cfg.data.name == "text":
         return {
@@ -108,6 +119,14 @@ def evaluate(
         }
     return {
         "accuracy": reasoning_accuracy(
-            objective, model, corpus, num_steps, cfg.eval.batch_size, seed=cfg.seed, device=device, limit=examples
+            objective,
+            model,
+            corpus,
+            num_steps,
+            cfg.eval.batch_size,
+            seed=cfg.seed,
+            device=device,
+            limit=examples,
+            difficulties=difficulties,
         )
     }

@@ -141,13 +141,15 @@ class Trainer:
         )
         self.batches = iter(loader)
 
-    def evaluate(self, num_steps=None, examples=None) -> dict | None:
+    def evaluate(self, num_steps=None, examples=None, difficulties=None) -> dict | None:
         """Scores of the current weights on rank 0 (a collective under ZeRO-3)."""
         model = evaluation_model(self.engine, self.cfg, self.rank)
         if self.rank != 0:
             return None
         with autocast_context(self.cfg.train.precision, self.engine.device):
-            return evaluate(self.cfg, self.objective, model, self.corpus, self.engine.device, num_steps, examples)
+            return evaluate(
+                self.cfg, self.objective, model, self.corpus, self.engine.device, num_steps, examples, difficulties
+            )
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -291,9 +293,12 @@ def _loop(t: Trainer, show_progress: bool) -> dict:
             if rec and rec["loss"] is not None:
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", refresh=False)
         if cfg.eval.every and done % cfg.eval.every == 0 and done < tc.max_steps:
-            scores = t.evaluate([t.objective.default_num_steps], cfg.eval.every_examples)
-            if scores is not None:
-                t.metrics.write({"step": done, "tokens": p.tokens, **scores}, section="eval")
+            ev = cfg.eval
+            scores = t.evaluate(
+                ev.every_num_steps or [t.objective.default_num_steps], ev.every_examples, ev.every_difficulties
+            )
+            if scores is not None:  # FLOPs so far: the x axis of "training FLOPs to reach a target"
+                t.metrics.write({"step": done, "tokens": p.tokens, "flops": p.flops, **scores}, section="eval")
         if tc.save_every and done % tc.save_every == 0 and done < tc.max_steps:
             t.checkpointer.save(t.engine, p, t.corpus)
         if done < tc.max_steps and t.guard.preempt:

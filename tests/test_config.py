@@ -113,6 +113,8 @@ def test_dotted_overrides_are_typed():
         ("objective.deep_supervision.grad_steps=0", "grad_steps must be >= 1, got 0"),
         ("objective.deep_supervision.loss_weights=first", "loss_weights must be uniform|linear|last"),
         ("maxsteps", "must look like dotted.key=value"),
+        ("eval.every_difficulties=[8,30]", "eval.every_difficulties [30] are not in data.reasoning.test_difficulties"),
+        ("eval.every_num_steps=[0]", "every_num_steps must list test-time iterations >= 1"),
     ],
 )
 def test_bad_overrides_fail_with_the_key(override, message):

@@ -43,6 +43,8 @@ def test_training_lowers_loss_and_model_evaluates_at_several_depths(objective, t
             str(RECIPES / f"demo-{objective}.yaml"),
             f"run_dir={run}",
             *SMALL,
+            # BPTT: the in-training evaluation at chosen depths and difficulties
+            *(["eval.every_num_steps=[1,4]", "eval.every_difficulties=[2]"] if objective == "bptt" else []),
         ],
         capture_output=True,
         text=True,
@@ -54,9 +56,16 @@ def test_training_lowers_loss_and_model_evaluates_at_several_depths(objective, t
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in records if "loss" in r]
     assert [r["step"] for r in rows] == list(range(5, 61, 5))
-    # in-training evaluation (eval.every=30) at the objective's default depth
+    # in-training evaluation (eval.every=30): DB at its default depth and every test difficulty
     evals = [r for r in records if "accuracy" in r]
-    assert [r["step"] for r in evals] == [30] and set(evals[0]["accuracy"]) == {str(8 if objective == "db" else 4)}
+    assert [r["step"] for r in evals] == [30]
+    if objective == "db":
+        assert set(evals[0]["accuracy"]) == {"8"} and {"d1", "d2"} <= set(evals[0]["accuracy"]["8"])
+    else:
+        assert set(evals[0]["accuracy"]) == {"1", "4"} and "d1" not in evals[0]["accuracy"]["4"]
+        assert "d2" in evals[0]["accuracy"]["4"]
+    # the training FLOPs so far: those of the step-30 training record
+    assert evals[0]["flops"] == next(r["flops"] for r in rows if r["step"] == 30)
     assert rows[-1]["tokens"] == 60 * 32 * rows[0]["tokens"] // (5 * 32)
     assert rows[-1]["loss"] < 0.6 * rows[0]["loss"], [r["loss"] for r in rows]
     assert all(0 < r["mfu"] < 2 and r["tokens_per_s"] > 0 and r["flops"] > 0 for r in rows)

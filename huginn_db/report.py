@@ -16,6 +16,7 @@ from pathlib import Path
 
 from huginn_db.report_exit import exit_plot, exit_section
 from huginn_db.report_samples import samples_plot, samples_section
+from huginn_db.report_target import target_plot, target_section
 from huginn_db.run_data import (  # noqa: F401  (re-exported: the report's public helpers)
     _DEPTH_TASK,
     _chance,
@@ -235,7 +236,8 @@ def write_report(runs: list[Path], out: Path) -> Path:
             + ", ".join(f"{short(o)} **{v / f[cheap]:.2f}×**" for o, v in f.items() if o != cheap)
             + ".",
         ]
-    lines += _depth_section(data, by_obj) + _validation_section(by_obj) + samples_section(by_obj)
+    lines += _depth_section(data, by_obj) + target_section(by_obj)
+    lines += _validation_section(by_obj) + samples_section(by_obj)
     lines += exit_section(by_obj)
 
     Ks = sorted({K for d in data for K in d["scores"]}, key=int)
@@ -316,6 +318,8 @@ def _plots(data, by_obj, out: Path) -> list[Path]:
         save(fig, "samples_vs_iterations.png")
     if (fig := exit_plot(by_obj, plt)) is not None:
         save(fig, "accuracy_vs_iterations_used.png")
+    if (fig := target_plot(by_obj, plt)) is not None:
+        save(fig, "accuracy_vs_flops.png")
 
     with_depth = [d for d in data if depth_matrix(d)]
     if not with_depth:

@@ -64,6 +64,8 @@ def load_run(run: Path) -> dict:
         "seed": cfg["seed"],
         "cfg": cfg,
         "train": [r for r in rows if "loss" in r],
+        # in-training evaluations (eval.every) {step, flops, accuracy: {K: {d<k>: acc}}}
+        "evals": [r for r in rows if "accuracy" in r],
         "scores": json.loads(ev.read_text())["scores"] if ev.is_file() else {},
         # the trainer's held-out text loss per test-time depth {K: {"loss", "ppl"}} (text runs)
         "validation": json.loads(final.read_text()).get("validation", {}) if final.is_file() else {},

@@ -54,6 +54,7 @@ LAYERS = [
         "huginn_db.run_data",
         "huginn_db.report_samples",
         "huginn_db.report_exit",
+        "huginn_db.report_target",
         "huginn_db.report",
         "huginn_db.compare",
     ],

@@ -93,3 +93,41 @@ def test_benchmark_table_marks_tasks_whose_scores_are_not_stock(tmp_path):
     assert "| wikitext2_local † | word_perplexity | 1 |" in text and "| piqa_local | acc | 1 |" in text
     note = re.search(r"- `wikitext2_local`: (.*)\n", text).group(1)
     assert "not comparable to lm-eval wikitext" in note and "`piqa_local`" not in text
+
+
+def _with_evals(run, points: list[tuple[int, float]], K: int = 16, difficulty: int = 4):
+    """Append in-training evaluations {step, flops, accuracy} to a hand-made run."""
+    flops_per_step = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["flops"] / 10
+    with (run / "metrics.jsonl").open("a") as f:
+        for step, acc in points:
+            accuracy = {str(K): {f"d{difficulty}": acc, "d3": min(1.0, acc + 0.1)}}
+            f.write(json.dumps({"step": step, "flops": flops_per_step * step, "accuracy": accuracy}) + "\n")
+    return run
+
+
+def test_flops_to_target_is_the_first_evaluation_at_the_target(tmp_path):
+    # BPTT (3e9 FLOPs/step) reaches 0.9 at step 5 or 10 depending on the seed; DB (1e9/step)
+    # reaches it at step 15 on one seed and never on the other (its final lm-eval score, 0.6, counts)
+    bptt = [
+        _with_evals(_run(tmp_path, "bptt", s, _acc(0.5, 0.02)), [(5, 0.95 if s else 0.5), (10, 0.92), (15, 0.85)])
+        for s in (0, 1)
+    ]
+    db = [
+        _with_evals(_run(tmp_path, "diffusion_blocks", s, _acc(0.6, 0.0)), [(5, 0.4), (15, 0.9 if s else 0.7)])
+        for s in (0, 1)
+    ]
+    text = write_report(bptt + db, tmp_path).read_text()
+    assert "## Training FLOPs to reach 0.9 at d4 (first unseen), K = 16" in text
+    row = re.search(r"\| BPTT \| (.*?) \|\n", text.split("FLOPs to reach")[1]).group(1).split(" | ")
+    assert row[:4] == ["2/2", "3.00e+10, 1.50e+10", "2.25e+10 ± 1.06e+10", "1.00"]
+    row = re.search(r"\| DB \| (.*?) \|\n", text.split("FLOPs to reach")[1]).group(1).split(" | ")
+    assert row[:4] == ["1/2", "not reached, 1.50e+10", "1.50e+10", "0.67"]
+    # the final point is the run's lm-eval score of the same cell (d4, K = 16: 0.6 − 0.4 + 0 for DB)
+    assert row[5] == "0.200 ± 0.000"
+    assert (tmp_path / "accuracy_vs_flops.png").stat().st_size > 1000
+
+
+def test_no_target_section_without_in_training_evaluations(tmp_path):
+    runs = [_run(tmp_path, o, 0, _acc(0.5, 0.0)) for o in ("bptt", "diffusion_blocks")]
+    text = write_report(runs, tmp_path).read_text()
+    assert "FLOPs to reach" not in text and not (tmp_path / "accuracy_vs_flops.png").exists()

@@ -173,7 +173,7 @@ def train_flops(
     grad_iters, nograd_iters = obj.core_iterations(obj_cfg, r)
     decodes = obj.nograd_decodes(obj_cfg, r)  # no-grad coda + head + softmax·Ê passes (self-conditioning on D)
     grad_decodes = obj.grad_decodes(obj_cfg, r)  # > 1: DB's unrolled steps, readouts between them
-    readouts = grad_decodes - 1  # softmax·Ê forward + its gradient w.r.t. the probabilities (Ê detached)
+    readouts = obj.grad_readouts(obj_cfg, r)  # softmax·Ê forward + its gradient w.r.t. the probabilities (Ê detached)
     adaln = 0.0
     if obj.sigma_conditioning:  # ada per conditioned block (fwd + bwd); σ MLP: layer 2 fwd+bwd, layer 1 fwd + grad_W
         adaln = grad_decodes * (3 * (mc.core_layers + mc.coda_layers) * f.ada + (3 + 2) * f.sigma_layer)

@@ -369,9 +369,11 @@ def validate(cfg: RunConfig) -> None:
     """Checks that need more than the dataclasses' own fields (each checks itself on construction)."""
     if cfg.data.name == "reasoning":
         try:
-            build_family(cfg.data.reasoning)
+            family = build_family(cfg.data.reasoning)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        if cfg.objective.name == "oracle" and family.trace("=") is None:
+            raise ConfigError(f"objective oracle needs intermediate answers, which family {family.name} does not give")
         extra = sorted(set(cfg.eval.every_difficulties) - set(cfg.data.reasoning.test_difficulties))
         if extra:
             raise ConfigError(f"eval.every_difficulties {extra} are not in data.reasoning.test_difficulties")

@@ -312,11 +312,13 @@ class RecurrentDepthLM(nn.Module):
         labels=None,
         return_state: bool = False,
         damping: float = 0.0,
+        step_labels=None,
     ):
         """Huginn's loop: num_steps − num_grad_steps iterations without grad, then the rest with.
 
         state: the initial state s₀ (B, T, h); drawn from `generator` when not given.
-        labels: return the per-position CE instead of the logits (see decode).
+        labels: return the per-position CE instead of the logits (see decode); step_labels (B, k, T):
+        decode every grad iteration against its own labels (the oracle), CE (B, k, T).
         return_state: also return the last state s_r (what deep supervision carries on).
         damping: a, every iteration is s ← a·s + (1 − a)·R(s, e) (Equilibrium Reasoners; 0: Huginn's).
         """
@@ -334,10 +336,12 @@ class RecurrentDepthLM(nn.Module):
         with torch.no_grad():  # what these iterations produce needs no detach: it has no graph
             for _ in range(num_steps - k):
                 s = step(s)
-        ckpt = self.cfg.checkpoint_core and torch.is_grad_enabled() and cache is None
-        for _ in range(k):
+        ckpt, ces = self.cfg.checkpoint_core and torch.is_grad_enabled() and cache is None, []
+        for j in range(k):
             s = step(s, ckpt)
-        out = self.decode(s, cache=cache, labels=labels)
+            if step_labels is not None:  # every iteration decoded toward its own target (oracle)
+                ces.append(self.decode(s, labels=step_labels[:, j]))
+        out = torch.stack(ces, 1) if ces else self.decode(s, cache=cache, labels=labels)
         return (out, s) if return_state else out
 
     def clean_embeddings(self) -> torch.Tensor:
@@ -388,6 +392,7 @@ class RecurrentDepthLM(nn.Module):
         return_state=False,
         unroll=None,
         damping=0.0,
+        step_labels=None,
     ):
         """A recurrent pass (num_steps; from `state` when given) or one DiffusionBlocks training pass
         (`unroll`: the kwargs of db_passes.unrolled_denoise, k sampler steps from z instead of one).
@@ -411,4 +416,5 @@ class RecurrentDepthLM(nn.Module):
             if unroll is not None:  # k Euler steps of the sampler from z (huginn_db.db_passes)
                 return unrolled_denoise(self, e, z, labels, prev=prev, self_condition=self_condition, **unroll)
             return self.denoise(e, z, sigma, c_in, labels=labels, prev=prev)
-        return self.recur(input_ids, num_steps, num_grad_steps, generator, state, None, labels, return_state, damping)
+        args = (generator, state, None, labels, return_state, damping, step_labels)
+        return self.recur(input_ids, num_steps, num_grad_steps, *args)

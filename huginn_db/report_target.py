@@ -112,6 +112,8 @@ def target_plot(by_obj: dict, plt, target: float = TARGET):
             ax.plot(x, [statistics.mean(y) for y in ys], color=color(o), label=f"{short(o)} ({len(curves)})")
             ax.fill_between(x, [min(y) for y in ys], [max(y) for y in ys], color=color(o), alpha=0.2, lw=0)
         ax.axhline(target, color="black", ls=":", lw=1, label=f"target {target:g}")
-        ax.set(ylim=(0, 1.02), title=f"d{k} ({what}), K = {K}", xlabel="training FLOPs (analytic)", ylabel="exact match")
+        ax.set(
+            ylim=(0, 1.02), title=f"d{k} ({what}), K = {K}", xlabel="training FLOPs (analytic)", ylabel="exact match"
+        )
     axes[0][-1].legend(fontsize=8)
     return fig

@@ -16,6 +16,7 @@ from huginn_db.objectives.bptt import BPTTConfig, expected_iterations, recurrenc
 from huginn_db.objectives.deep_supervision import DeepSupervisionConfig
 from huginn_db.objectives.diffusion_blocks import DiffusionBlocksConfig
 from huginn_db.objectives.fixed_depth import FixedDepthConfig
+from huginn_db.objectives.oracle import OracleConfig
 from tests.conftest import RECIPES, ROOT, TINY_MODEL
 
 TINY = ModelConfig(**TINY_MODEL)
@@ -49,13 +50,21 @@ FLOP_CASES = {
     "db_unroll_last_sc": DiffusionBlocksConfig(
         num_bands=4, unroll=3, unroll_loss="last", self_condition="prediction", self_condition_prob=0.75
     ),
+    "oracle": OracleConfig(depth=3),  # coda + head after every iteration, no readouts
 }
 
 
 def _batch(B, T, V):
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, V, (B, T + 1), generator=g)
-    return {"input_ids": ids[:, :-1], "target_ids": ids[:, 1:], "loss_weight": torch.ones(B, T)}
+    # the oracle's per-iteration labels (up to 8 iterations); the other objectives ignore them
+    steps = torch.randint(0, V, (B, 8, T), generator=g)
+    return {
+        "input_ids": ids[:, :-1],
+        "target_ids": ids[:, 1:],
+        "loss_weight": torch.ones(B, T),
+        "step_target_ids": steps,
+    }
 
 
 def _objective(oc):

@@ -117,6 +117,11 @@ class Objective:
         σ-MLP and AdaLN); each but a row's last feeds a softmax·Ê readout with gradient (DB unrolled)."""
         return 1.0
 
+    @classmethod
+    def grad_readouts(cls, cfg, r: float | None = None) -> float:
+        """softmax·Ê readouts with gradient per training sequence: between DB's unrolled decodes."""
+        return cls.grad_decodes(cfg, r) - 1
+
     @staticmethod
     def nograd_decodes(cfg, r: float | None = None) -> float:
         """No-grad coda + head + softmax·Ê passes per training sequence (self-conditioning on D)."""

@@ -21,3 +21,8 @@ class GeneratedFamily:
 
     def check(self, difficulties: list[int]) -> None:
         """Raise ValueError (naming the data.reasoning key) for difficulties this config cannot make."""
+
+    def trace(self, prompt: str) -> list[str] | None:
+        """The answer after each composition of `prompt` (the last one is the answer); None: this
+        family does not write its intermediate results down (the oracle control needs them)."""
+        return None

@@ -65,6 +65,11 @@ class CupsFamily(GeneratedFamily):
             ball = j if ball == i else i if ball == j else ball
         return ball
 
+    def trace(self, prompt: str) -> list[str]:
+        """Where the ball is after each swap."""
+        start, word = prompt[:-1].split(":") if ":" in prompt else ("1", prompt[:-1])
+        return [str(self._play(int(start), word[: t + 1])) for t in range(len(word))]
+
     def last_statement_value(self, prompt: str) -> str:
         """Where the last swap alone sends the ball from its start (a recency shortcut)."""
         start, word = prompt[:-1].split(":") if ":" in prompt else ("1", prompt[:-1])

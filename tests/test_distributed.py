@@ -52,6 +52,7 @@ def launch(objective: str, run: Path, *overrides: str, nproc: int = 1, wait: boo
         ("bptt", "2"),
         ("db", "2-offload"),
         ("deep_supervision", "3-cpu"),
+        ("oracle", "3-cpu"),  # a coda + head gather after every iteration, on every rank alike
     ],
 )
 def test_two_process_zero(objective, stage, tmp_path):

@@ -50,13 +50,14 @@ study-depth: $(OPS)
 
 # Training FLOPs to a target: every run scores the largest trained (d7) and the first unseen (d8)
 # difficulty at K = 16 every 100 steps; the report gives accuracy against cumulative training
-# FLOPs and the FLOPs at which d8 first reaches 0.9. Multi-step-gradient objectives beside BPTT.
+# FLOPs and the FLOPs at which d8 first reaches 0.9. Multi-step-gradient objectives beside BPTT at
+# (r̄, k) = (8, 2), the oracle control, and BPTT at Huginn's (32, 8), all at BPTT (8, 2)'s budget.
 TARGET = $(VENV)/bin/huginn-db compare recipes/depth-db.yaml --mode compute --out runs/study-target --skip-done \
          --num-steps 1,4,16 eval.every=100 "eval.every_num_steps=[16]" "eval.every_difficulties=[7,8]" \
          eval.every_examples=200
 study-target: $(OPS)
 	$(TARGET) --seeds 0 1 2 --objectives bptt deep_supervision:grad_steps=2,segments=4,damping=0.05,state_noise=0.01 \
-	    diffusion_blocks:unroll=2,sigma_per=sequence
+	    diffusion_blocks:unroll=2,sigma_per=sequence oracle bptt:mean_recurrence=32,backprop_depth=8
 	$(VENV)/bin/huginn-db report runs/study-target/*-seed* --out runs/study-target
 
 runs/tokenizers/tinystories-4k/tokenizer.model: $(STAMP)

@@ -70,3 +70,10 @@ def test_loader_workers_leave_the_curve_where_it_is(tmp_path):
     losses = golden_run("diffusion_blocks", tmp_path / "run", "data.workers=2", "train.grad_accum=2")
     ref = golden_run("diffusion_blocks", tmp_path / "ref", "train.grad_accum=2")
     assert losses == ref
+
+
+def test_in_training_evaluation_leaves_the_curve_where_it_is(tmp_path):
+    """Evaluating every 5 steps draws from its own generators and restores train mode: the
+    training run is the golden one, so a FLOPs-to-target curve measures the run it reports."""
+    losses = golden_run("bptt", tmp_path / "run", "eval.every=5", "eval.every_examples=4", "eval.every_num_steps=[4]")
+    assert losses == golden_run("bptt", tmp_path / "ref")

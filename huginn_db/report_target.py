@@ -115,5 +115,6 @@ def target_plot(by_obj: dict, plt, target: float = TARGET):
         ax.set(
             ylim=(0, 1.02), title=f"d{k} ({what}), K = {K}", xlabel="training FLOPs (analytic)", ylabel="exact match"
         )
-    axes[0][-1].legend(fontsize=8)
+    # below the panels: the curves fill both of them
+    axes[0][0].legend(loc="upper left", bbox_to_anchor=(0.0, -0.16), fontsize=8, frameon=False)
     return fig

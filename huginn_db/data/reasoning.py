@@ -113,20 +113,28 @@ class ReasoningCorpus:
         rng = np.random.default_rng([self.seed if seed is None else seed, 2, difficulty])
         return [self.family.sample(rng, difficulty) for _ in range(n)]
 
+    def batch_problems(
+        self, batch_size: int, step: int, micro: int = 0, rank: int = 0, world: int = 1, grad_accum: int = 1
+    ) -> list[tuple[str, str]]:
+        """The (prompt, answer) pairs `train_batch` encodes, in row order."""
+        slot = (step * grad_accum + micro) * world + rank
+        rng = np.random.default_rng([self.seed, 0, slot])
+        out = []
+        for _ in range(batch_size):
+            d = self.cfg.train_difficulties[rng.integers(len(self.cfg.train_difficulties))]
+            out.append(self.family.sample(rng, int(d)))
+        return out
+
     def train_batch(
         self, batch_size: int, step: int, micro: int = 0, rank: int = 0, world: int = 1, grad_accum: int = 1
     ) -> dict[str, torch.Tensor]:
         """Micro-batch `micro` of `step` for data-parallel `rank`: a pure function of the global
         micro-batch slot (step·grad_accum + micro)·world + rank, so 2 ranks × 1 micro-batch see
         exactly the samples of 1 rank × 2 micro-batches (same global batch, same data)."""
-        slot = (step * grad_accum + micro) * world + rank
-        rng = np.random.default_rng([self.seed, 0, slot])
         tok, T, w = self.tokenizer, self.train_seq_len, self.cfg.prompt_loss_weight
         ids = torch.full((batch_size, T + 1), tok.pad_id, dtype=torch.long)
         weight = torch.zeros(batch_size, T)
-        for i in range(batch_size):
-            d = self.cfg.train_difficulties[rng.integers(len(self.cfg.train_difficulties))]
-            prompt, answer = self.family.sample(rng, int(d))
+        for i, (prompt, answer) in enumerate(self.batch_problems(batch_size, step, micro, rank, world, grad_accum)):
             p, a = [tok.bos_id] + tok.encode(prompt), tok.encode(answer) + [tok.eos_id]
             ids[i, : len(p) + len(a)] = torch.tensor(p + a)
             weight[i, len(p) - 1 : len(p) + len(a) - 1] = 1.0  # answer + EOS predictions

@@ -54,11 +54,11 @@ class OracleObjective(LatentRecurrence):
         if family is None or family.trace("=") is None:
             raise ConfigError("objective oracle needs a reasoning family that knows its intermediate answers (cups)")
         labels = batch["target_ids"].unsqueeze(1).repeat(1, self.cfg.depth, 1)
-        for i, row in enumerate(batch["input_ids"].tolist()):
-            eq = row.index(tok.encode("=")[0])  # the answer is predicted at '=' (one token: cups' cups < 10)
-            trace = family.trace(tok.decode(row[1 : eq + 1]))
-            for t in range(self.cfg.depth):
-                labels[i, t, eq] = tok.encode(trace[min(t, len(trace) - 1)])[0]
+        # the same problems, as strings: no read of the batch tensors
+        for i, (prompt, _) in enumerate(corpus.batch_problems(batch_size, step, micro, rank, world, grad_accum)):
+            trace = family.trace(prompt)
+            for t in range(self.cfg.depth):  # the answer is predicted at '=', index len(prompt) after BOS
+                labels[i, t, len(prompt)] = tok.encode(trace[min(t, len(trace) - 1)])[0]
         return {**batch, "step_target_ids": labels}
 
     def loss(self, model, batch, step: int, slot: int = 0):

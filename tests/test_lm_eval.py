@@ -250,8 +250,49 @@ def test_task_dir_resolves_the_data_root(tmp_path):
     from huginn_db.data.families import FAMILIES
 
     for family in FAMILIES:
-        assert (d / f"reasoning_{family}_d{hl.REASONING_MAX_DIFFICULTY}.yaml").is_file()
+        top = hl.reasoning_difficulties(family)[-1]
+        assert (d / f"reasoning_{family}_d{top}.yaml").is_file() and not (
+            d / f"reasoning_{family}_d{top + 1}.yaml"
+        ).exists()
         assert (d / f"reasoning_{family}.yaml").is_file() == (family != "jsonl")
+
+
+def test_every_registered_task_loads(data_root, tmp_path):
+    """Every task the local TaskManager lists builds its documents: the generated ones up to the
+    difficulty their family's defaults can make (chain's 26 letters stop at d11), jsonl's from a
+    jsonl run's file, the local ones from the data root."""
+    import json as _json
+
+    from lm_eval.tasks import TaskManager
+
+    from huginn_db.config import load_config
+
+    rows = [{"prompt": f"{d}+1=", "answer": str((d + 1) % 10), "difficulty": d} for d in range(1, 17)]
+    (tmp_path / "own.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(
+        str(Path(__file__).parent / "assets" / "golden.yaml"),
+        [
+            "data.reasoning.family=jsonl",
+            "data.reasoning.train_difficulties=[1,2]",
+            "data.reasoning.test_difficulties=[1,2]",
+            f"data.reasoning.jsonl.train={tmp_path / 'own.jsonl'}",
+            f"data.reasoning.jsonl.test={tmp_path / 'own.jsonl'}",
+        ],
+    )
+    run = tmp_path / "jsonl-run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    assert hl.reasoning_difficulties("chain")[-1] == 11
+    manager = TaskManager(
+        include_path=str(hl.task_dir(data_root)), include_defaults=False, metadata={"checkpoint": str(run)}
+    )
+    names = [t for t in manager.all_subtasks if not t.startswith("_")]
+    assert "reasoning_chain_d11" in names and "reasoning_chain_d12" not in names and "reasoning_cups_d16" in names
+    assert set(LOCAL_TASKS) <= set(manager.all_tasks)
+    loaded = manager.load(names)["tasks"]
+    for name in names:
+        docs = loaded[name].eval_docs
+        assert len(docs) > 0, name
 
 
 def test_cli_is_lm_eval_with_the_model_and_local_tasks(monkeypatch):

@@ -26,24 +26,46 @@ def default_data_root() -> Path:
     return Path(os.environ.get("HUGINN_DB_DATA") or REPO.parent / "shared" / "data").resolve()
 
 
-REASONING_MAX_DIFFICULTY = 16  # reasoning_<family>_d1 … _d16
+REASONING_MAX_DIFFICULTY = 16  # reasoning_<family>_d1 … _d16, where the family can make them
 REASONING_GROUP = range(1, 9)  # reasoning_<family>: d1–d8
+
+
+def reasoning_difficulties(family: str) -> list[int]:
+    """Difficulties up to REASONING_MAX_DIFFICULTY that the family's defaults can make (a task
+    without a checkpoint uses them); jsonl's are the user's file's, so all of them."""
+    from huginn_db.data.families import FAMILIES
+
+    cls = FAMILIES[family]
+    every = list(range(1, REASONING_MAX_DIFFICULTY + 1))
+    if family == "jsonl":
+        return every
+    made = cls(cls.config())
+    out = []
+    for d in every:
+        try:
+            made.check([d])
+        except ValueError:
+            break
+        out.append(d)
+    return out
 
 
 def reasoning_tasks() -> dict[str, str]:
     """{file name: YAML} of the generated reasoning tasks: one per registered family and
-    difficulty, plus a group per generated family (jsonl's difficulties are the user's)."""
+    difficulty its defaults can make, plus a group per generated family (jsonl's difficulties
+    are the user's)."""
     from huginn_db.data.families import FAMILIES
 
     files = {}
     for family in FAMILIES:
-        for d in range(1, REASONING_MAX_DIFFICULTY + 1):
+        made = reasoning_difficulties(family)
+        for d in made:
             files[f"reasoning_{family}_d{d}.yaml"] = (
                 f"include: _reasoning_template_yaml\ntask: reasoning_{family}_d{d}\n"
                 f"dataset_kwargs:\n  family: {family}\n  difficulty: {d}\n"
             )
         if family != "jsonl":
-            members = ", ".join(f"reasoning_{family}_d{d}" for d in REASONING_GROUP)
+            members = ", ".join(f"reasoning_{family}_d{d}" for d in REASONING_GROUP if d in made)
             files[f"reasoning_{family}.yaml"] = (
                 f"group: reasoning_{family}\ntask: [{members}]\naggregate_metric_list:\n"
                 f"  - metric: exact_match\n    aggregation: mean\n    weight_by_size: true\n"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from huginn_db import machine
 from huginn_db.report_exit import exit_plot, exit_section
 from huginn_db.report_samples import samples_plot, samples_section
 from huginn_db.report_target import target_plot, target_section
@@ -195,7 +196,7 @@ def write_report(runs: list[Path], out: Path) -> Path:
     by_obj = by_objective(data)
     # equal step counts: step-matched; otherwise the steps were set from a FLOP budget
     mode = "step" if len({d["train"][-1]["step"] for d in data if d["train"]}) == 1 else "compute"
-    lines = [f"# {' vs '.join(short(o) for o in by_obj)} ({mode}-matched)", ""]
+    lines = [f"# {' vs '.join(short(o) for o in by_obj)} ({mode}-matched)", ""] + machine.section(data)
     lines += [
         "## Training cost",
         "",

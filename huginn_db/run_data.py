@@ -54,6 +54,7 @@ def load_run(run: Path) -> dict:
 
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    where = run / "machine.json"
     ev, final, quality, exits = (
         run / "eval" / f for f in ("lm_eval.json", "final.json", "text_quality.json", "lm_eval_exit.json")
     )
@@ -73,6 +74,8 @@ def load_run(run: Path) -> dict:
         "samples": json.loads(quality.read_text()) if quality.is_file() else {},
         # lm-eval under adaptive-exit rules {max_steps, rules: {rule: {mean_iterations, scores}}}
         "exits": json.loads(exits.read_text()) if exits.is_file() else {},
+        # where it trained: one record per start (huginn_db.machine)
+        "machine": json.loads(where.read_text()) if where.is_file() else [],
     }
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from huginn_db import machine
 from huginn_db.components.checkpointer import Checkpointer, Progress
 from huginn_db.components.distributed import Preemption, comm_failure, init_distributed
 from huginn_db.components.engine import build_engine, config_stage, deepspeed_config, evaluation_model, zero_stage
@@ -207,6 +208,8 @@ def setup(cfg: RunConfig) -> Trainer:
             zero_stage(engine),
             data_seconds,
         )
+    if rank == 0:
+        machine.record(run, machine.describe(engine.device, world, progress.step))
     peak = mfu_peak(cfg.train, engine.device, say=rank == 0)
     metrics = MetricsWriter(run, rank, engine.device, world, peak, progress.step, engine.monitor)
     guard = StepGuard(engine.module, cfg.train.skip_nonfinite, checkpointer.dir, engine.device, progress.skipped)

@@ -21,6 +21,7 @@ MAX_LINES = 420
 LAYERS = [
     [
         "huginn_db.errors",
+        "huginn_db.machine",
         "huginn_db.configdoc",
         "huginn_db.configparse",
         "huginn_db.gpus",

@@ -81,6 +81,22 @@ def test_report_shows_matrices_gain_per_seed_and_the_audit(tmp_path):
         assert (tmp_path / png).stat().st_size > 1000 and png in text
 
 
+def test_report_names_the_machines_and_the_commit(tmp_path):
+    from huginn_db import machine
+
+    runs = [_run(tmp_path, "bptt", s, _acc(0.5, 0.02)) for s in (0, 1)]
+    here = machine.describe()
+    machine.record(runs[0], {**here, "from_step": 0})
+    machine.record(runs[0], {**here, "from_step": 40, "threads": 7})  # resumed elsewhere
+    machine.record(runs[0], {**here, "from_step": 40, "threads": 9})  # that start, restarted
+    assert [m["threads"] for m in json.loads((runs[0] / "machine.json").read_text())] == [here["threads"], 9]
+    text = write_report(runs, tmp_path).read_text()
+    assert text.index("## Machine") < text.index("## Training cost")
+    assert f"- {machine.label(here)}: 1 run(s)" in text and "9 thread(s) × 1 rank(s)" in text
+    assert here["cpu"] in text and "rounding" in text and here["date"][:10] in text
+    assert (here["commit"] or "not a git checkout")[:12] in text
+
+
 def test_benchmark_table_marks_tasks_whose_scores_are_not_stock(tmp_path):
     runs = [_run(tmp_path, o, 0, _acc(0.5, 0.0)) for o in ("bptt", "diffusion_blocks")]
     for run in runs:

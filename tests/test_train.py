@@ -73,6 +73,13 @@ def test_training_lowers_loss_and_model_evaluates_at_several_depths(objective, t
     stat = "r" if objective == "bptt" else "sigma_mean"
     assert all(stat in r for r in rows)
     assert (run / "config.yaml").is_file() and (run / "tokenizer.json").is_file()
+    # where it trained: the CPU, the threads, the versions and the commit of this checkout
+    from huginn_db import machine
+
+    (m,) = json.loads((run / "machine.json").read_text())
+    assert m["from_step"] == 0 and m["cpu"] == machine.cpu_model() and m["gpu"] is None and m["world"] == 1
+    assert m["torch"] == torch.__version__ and m["deepspeed"] and m["threads"] >= 1
+    assert m["commit"] is None or m["commit"].split("+")[0] == machine.commit().split("+")[0]
 
     final = json.loads((run / "eval" / "final.json").read_text())
     assert set(final["accuracy"]) == {"1", "2", "4"}

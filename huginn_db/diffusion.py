@@ -21,7 +21,7 @@ class SigmaConfig:
 
     The paper's image defaults are P_mean=-1.2, P_std=1.2. For next-token targets those put
     most mass where z still identifies the token (the model learns to copy), so recipes set
-    their own; see README "Choosing the σ distribution".
+    their own; see docs/objectives.md, "Choosing the σ distribution".
     """
 
     sigma_min: float = 0.002

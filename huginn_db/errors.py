@@ -1,4 +1,4 @@
-"""The ways a command can fail, and the exit code the CLI gives each (README: "When things go
+"""The ways a command can fail, and the exit code the CLI gives each (docs/reliability.md, "When things go
 wrong"). Every command raises these; only `huginn_db.cli` turns them into a one-line message
 and an exit code."""
 

@@ -1,4 +1,4 @@
-"""Every shell command in the README's code blocks runs as written, on a fresh copy of the
+"""Every shell command in the code blocks of the README and the docs pages runs as written, on a fresh copy of the
 checkout (the tracked files only, no runs/), with tiny settings.
 
 The only changes made to a README command are the SUBSTITUTIONS below and the TINY overrides put
@@ -84,16 +84,31 @@ exec "$@" > /dev/null
 }
 
 
-def readme_commands() -> list[str]:
-    """Each command of the README's bash blocks: continuation lines joined, comments dropped."""
-    text = (ROOT / "README.md").read_text()
-    out = []
-    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
-        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
-            line = re.sub(r"\s+#.*$", "", line).strip()
-            if line and not line.startswith("#"):
-                out.append(line)
+def pages() -> list[Path]:
+    """The README, then every docs page (docs/**/*.md but the generated study reports)."""
+    docs = sorted(p for p in (ROOT / "docs").rglob("*.md") if p.name != "report.md")
+    return [ROOT / "README.md", *docs]
+
+
+def page_commands() -> dict[str, list[str]]:
+    """{page relative to the repo: its bash blocks' commands}, continuation lines joined,
+    comments dropped; a command that an earlier page already has is left to that page."""
+    seen, out = set(), {}
+    for page in pages():
+        cmds = []
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
+            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+                line = re.sub(r"\s+#.*$", "", line).strip()
+                if line and not line.startswith("#") and line not in seen:
+                    seen.add(line)
+                    cmds.append(line)
+        out[page.relative_to(ROOT).as_posix()] = cmds
     return out
+
+
+def readme_commands() -> list[str]:
+    """Every page's commands, in page order, once each."""
+    return [c for cmds in page_commands().values() for c in cmds]
 
 
 def tiny(cmd: str, data: str) -> str:
@@ -113,16 +128,16 @@ def tiny(cmd: str, data: str) -> str:
     return cmd
 
 
-def ordered(commands: list[str]) -> list[str]:
-    first = [next(c for c in commands if c.startswith(p)) for p in FIRST]
-    return first + [c for c in commands if c not in first]
-
-
 def test_every_readme_command_is_found_and_ordered():
     commands = readme_commands()
+    # every page with a shell block contributes (a page the glob missed would go untested)
+    assert {p.name for p in pages()} >= {"README.md", "training.md", "scale-out.md", "evaluation.md"}
     assert len(commands) >= 30
     assert all(any(c.startswith(p) for c in commands) for p in FIRST)  # FIRST names README commands
     assert "make test" in commands and any(c.startswith("huginn-db eval") for c in commands)
+    readme = page_commands()["README.md"]
+    assert readme[:2] == ["make demo", "make test"]  # the two set-up commands come first
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 250  # the rest lives in docs/
     assert tiny("make study", "/d") == "make -n study"
     t = tiny("huginn-db train recipes/demo-db.yaml train.max_steps=200 run_dir=runs/mine", "/d").split()
     assert t.index("train.max_steps=2") > t.index("train.max_steps=200")  # later override wins
@@ -130,15 +145,36 @@ def test_every_readme_command_is_found_and_ordered():
     assert t[:3] == ["recipes/launch/single-node.sh", "recipes/paper-lm1b-db.yaml", "8"] and "train.max_steps=2" in t
 
 
-def test_every_readme_command_runs(tmp_path, data_root):
-    repo = tmp_path / "checkout"
+def first_commands() -> list[str]:
+    commands = readme_commands()
+    return [next(c for c in commands if c.startswith(p)) for p in FIRST]
+
+
+def run_line(line: str, repo: Path, env: dict, stub_env: dict) -> str | None:
+    """Run one (tiny) command in the checkout; None, or what failed."""
+    cluster = "recipes/launch/" in line or line.startswith("sbatch")
+    if cluster:
+        script = next(w for w in shlex.split(line) if w.startswith("recipes/launch/"))
+        subprocess.run(["bash", "-n", script], cwd=repo, check=True)
+    proc = subprocess.run(
+        ["bash", "-c", line], cwd=repo, env=stub_env if cluster else env, capture_output=True, text=True, timeout=900
+    )
+    return None if proc.returncode == 0 else f"({proc.returncode}) ran as:\n  {line}\n{proc.stderr[-2000:]}"
+
+
+@pytest.fixture(scope="session")
+def checkout(tmp_path_factory, data_root):
+    """A fresh copy of the tracked files with the stub launchers, after the commands every page
+    reads from (FIRST, then EXTRA): made once per test process."""
+    tmp = tmp_path_factory.mktemp("readme")
+    repo = tmp / "checkout"
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
     for name in files.stdout.split("\0"):
         if name and (ROOT / name).is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, repo / name)
     (repo / ".venv").symlink_to(Path(sys.executable).parents[1])  # the README's .venv/bin/python
-    stubs = tmp_path / "stubs"
+    stubs = tmp / "stubs"
     stubs.mkdir()
     for name, body in STUBS.items():
         (stubs / name).write_text(body)
@@ -147,30 +183,46 @@ def test_every_readme_command_runs(tmp_path, data_root):
     env = clean_env()
     env.update(
         HUGINN_DB_DATA=str(data_root),
-        STUB_LOG=str(tmp_path / "stubs.log"),
+        STUB_LOG=str(tmp / "stubs.log"),
         OMP_NUM_THREADS="1",
         PATH=venv_bin + os.pathsep + env.get("PATH", ""),
     )
     stub_env = {**env, "PATH": str(stubs) + os.pathsep + env["PATH"]}
-    failed = []  # every failing command is reported, not only the first
-    commands = ordered(readme_commands())
-    for cmd in commands[: len(FIRST)] + list(EXTRA.values()) + commands[len(FIRST) :]:
+    for cmd in first_commands() + list(EXTRA.values()):
         line = cmd if cmd in EXTRA.values() else tiny(cmd, str(data_root))
-        cluster = "recipes/launch/" in line or line.startswith("sbatch")
-        if cluster:
-            script = next(w for w in shlex.split(line) if w.startswith("recipes/launch/"))
-            subprocess.run(["bash", "-n", script], cwd=repo, check=True)
-        proc = subprocess.run(
-            ["bash", "-c", line],
-            cwd=repo,
-            env=stub_env if cluster else env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        if proc.returncode != 0:
-            failed.append(f"({proc.returncode}) {cmd}\nran as:\n  {line}\n{proc.stderr[-2000:]}")
-    assert not failed, f"{len(failed)} README command(s) failed:\n\n" + "\n\n".join(failed)
-    log = (tmp_path / "stubs.log").read_text()
-    assert "--num_accelerators 8" in log and "--hostfile recipes/launch/hostfile --master_addr node-001" in log
-    assert re.search(r"srun --kill-on-bad-exit=1 bash -c .*huginn_db\.train", log, re.S)  # the -c script spans lines
+        failed = run_line(line, repo, env, stub_env)
+        assert failed is None, f"the set-up command {cmd} failed: {failed}"
+    return repo, env, stub_env, tmp / "stubs.log"
+
+
+PAGES = {page: cmds for page, cmds in page_commands().items() if [c for c in cmds if c not in first_commands()]}
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_command_of_the_page_runs(page, checkout, data_root):
+    """A page's commands in its order, after the shared set-up; every failure is reported."""
+    repo, env, stub_env, stub_log = checkout
+    failed = []
+    for cmd in PAGES[page]:
+        if cmd in first_commands():
+            continue
+        if (problem := run_line(tiny(cmd, str(data_root)), repo, env, stub_env)) is not None:
+            failed.append(f"{cmd}\n{problem}")
+    assert not failed, f"{len(failed)} command(s) of {page} failed:\n\n" + "\n\n".join(failed)
+    if page == "docs/scale-out.md":  # the launchers handed their arguments on as documented
+        log = stub_log.read_text()
+        assert "--num_accelerators 8" in log and "--hostfile recipes/launch/hostfile --master_addr node-001" in log
+        assert re.search(
+            r"srun --kill-on-bad-exit=1 bash -c .*huginn_db\.train", log, re.S
+        )  # the -c script spans lines
+
+
+def test_every_relative_link_of_the_pages_resolves():
+    """Links between the README and the docs pages (and their figures) point at files that exist."""
+    broken = []
+    for page in pages() + sorted((ROOT / "docs").rglob("report.md")):
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            path = target.split("#")[0]
+            if path and not re.match(r"[a-z]+://", path) and not (page.parent / path).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, broken

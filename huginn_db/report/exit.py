@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import statistics
 
-from huginn_db.run_data import color, fmt, headline_metric, runs_with, short
+from huginn_db.report.run_data import color, fmt, headline_metric, runs_with, short
 
 
 def _accuracy(task_scores: dict) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 
-from huginn_db.run_data import color, fmt, runs_with, short
+from huginn_db.report.run_data import color, fmt, runs_with, short
 
 METRICS = (  # (key in text_quality.json, column, format)
     ("mauve", "MAUVE (c=0.2)", ".3f"),

@@ -15,10 +15,8 @@ import statistics
 from pathlib import Path
 
 from huginn_db import machine
-from huginn_db.report_exit import exit_plot, exit_section
-from huginn_db.report_samples import samples_plot, samples_section
-from huginn_db.report_target import target_plot, target_section
-from huginn_db.run_data import (  # noqa: F401  (re-exported: the report's public helpers)
+from huginn_db.report.exit import exit_plot, exit_section
+from huginn_db.report.run_data import (  # noqa: F401  (re-exported: the report's public helpers)
     _DEPTH_TASK,
     _chance,
     _corpus,
@@ -33,6 +31,8 @@ from huginn_db.run_data import (  # noqa: F401  (re-exported: the report's publi
     short,
     task_caveats,
 )
+from huginn_db.report.samples import samples_plot, samples_section
+from huginn_db.report.target import target_plot, target_section
 
 
 def _depth_section(data: list[dict], by_obj: dict) -> list[str]:

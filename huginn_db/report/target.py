@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import statistics
 
-from huginn_db.run_data import color, depth_matrix, depth_summary, fmt, short
+from huginn_db.report.run_data import color, depth_matrix, depth_summary, fmt, short
 
 TARGET = 0.9
 

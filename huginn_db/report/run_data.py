@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 
 _DEPTH_TASK = re.compile(r"reasoning_([a-z0-9]+)_d(\d+)")
-TASKS_SRC = Path(__file__).resolve().parent.parent / "eval" / "tasks"
+TASKS_SRC = Path(__file__).resolve().parents[2] / "eval" / "tasks"
 
 
 def short(name: str) -> str:

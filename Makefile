@@ -7,7 +7,7 @@ RUN      = $(VENV)/bin/python
 STAMP    = $(VENV)/.installed
 OPS      = $(VENV)/.deepspeed-ops
 
-.PHONY: install demo study study-depth study-target study-text study-lm1b test test-fast lint format clean
+.PHONY: install demo study study-depth study-target study-text study-lm1b test test-fast coverage lint format clean
 
 # torch goes in first and pinned, then everything else with the pin as a constraint, so a
 # CPU machine never pulls the multi-GB CUDA build. GPU users: `make install TORCH=torch`.
@@ -31,7 +31,7 @@ install: $(STAMP) $(OPS)
 demo: $(OPS)
 	$(VENV)/bin/huginn-db demo
 
-# README "What one-pass training keeps and loses": the depth study (3 seeds of the methods and
+# docs/study-*: the depth study (3 seeds of the methods and
 # the controls, seed 0 of two more deep-supervision variants, all at BPTT's FLOPs), the same
 # objectives on TinyStories (validation loss and samples per depth, one judge LM), and the
 # CPU-sized LM1B recipe of the DiffusionBlocks paper. Hours on 2 cores; --skip-done keeps
@@ -86,11 +86,18 @@ study-lm1b: $(OPS) runs/prepared/lm1b-8k/manifest.json
 	HUGINN_DB_DATA=$(DATA) $(TEXT) recipes/paper-lm1b-cpu-db.yaml --seeds 0 1 2 --out runs/study-lm1b \
 	    --objectives bptt diffusion_blocks
 
+# one worker per core (pytest-xdist), each on one thread; TEST_WORKERS=0 runs in this process
+TEST_WORKERS ?= auto
 test: $(OPS)
-	$(RUN) -m pytest -q tests
+	$(RUN) -m pytest -q -n $(TEST_WORKERS) tests
+
+# line coverage of huginn_db over the whole suite, child processes included (pyproject.toml)
+coverage: $(OPS)
+	rm -f .coverage .coverage.*
+	$(RUN) -m pytest -q -n $(TEST_WORKERS) --cov --cov-report=term tests
 
 test-fast: $(OPS)
-	$(RUN) -m pytest -q -m "not slow" tests
+	$(RUN) -m pytest -q -n $(TEST_WORKERS) -m "not slow" tests
 
 # ruff: lint (pyflakes, pycodestyle, import order) and the formatter's check; `make format` fixes
 lint: $(STAMP)

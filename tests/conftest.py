@@ -11,6 +11,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs a worker per core: one thread each, for this process and the runs it
+    # starts (two OpenMP teams on the same cores each run many times slower)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 
 # --- helpers shared by the test modules ---------------------------------------------------------
 
@@ -150,3 +156,15 @@ def spm_tok(tmp_path_factory):
     path = tmp_path_factory.mktemp("spm") / "train.txt"
     path.write_text("\n".join(" ".join(rng.choice(WORDS, 8)) for _ in range(2000)))
     return SentencePieceTokenizer(train_sentencepiece([str(path)], 300, str(path.parent)))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The long tests first (the README pages, then the other `slow` ones), so that parallel
+    workers do not end on one long test while the others wait."""
+
+    def rank(item):
+        if item.nodeid.startswith("tests/test_readme.py::test_every_command"):
+            return 0
+        return 1 if "slow" in item.keywords else 2
+
+    items.sort(key=rank)

@@ -255,6 +255,9 @@ def read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a mapping at the top level")
+    ds = data.get("deepspeed")
+    if seen and isinstance(ds, str) and not Path(ds).is_absolute() and (path.parent / ds).is_file():
+        data["deepspeed"] = str((path.parent / ds).resolve())  # a base's paths are relative to the base
     base = data.pop("base", None)
     if base is None:
         return data

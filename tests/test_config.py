@@ -45,6 +45,10 @@ def test_base_recipes_merge_section_by_section(tmp_path):
     (tmp_path / "loop2.yaml").write_text("base: loop.yaml\n")
     with pytest.raises(ConfigError, match="loops back"):
         load_config(tmp_path / "loop.yaml")
+    # a base elsewhere: its relative DeepSpeed path is relative to the base, not to the child
+    (tmp_path / "mine.yaml").write_text(f"base: {RECIPES / 'demo-db.yaml'}\nmodel: {{hidden: 96}}\n")
+    cfg = load_config(tmp_path / "mine.yaml")
+    assert cfg.deepspeed == str((RECIPES / "deepspeed" / "zero0.json").resolve()) and cfg.model.hidden == 96
     (tmp_path / "orphan.yaml").write_text("base: missing.yaml\n")
     with pytest.raises(ConfigError, match=r"recipe not found: .*missing.yaml \(the base of"):
         load_config(tmp_path / "orphan.yaml")

@@ -79,7 +79,7 @@ runs/prepared/lm1b-8k/manifest.json: runs/tokenizers/lm1b-8k/tokenizer.model
 
 study-text: $(OPS) runs/prepared/tinystories-study/manifest.json
 	HUGINN_DB_DATA=$(DATA) $(TEXT) recipes/text-small-db.yaml --seeds 0 1 2 --out runs/study-text \
-	    --objectives bptt diffusion_blocks deep_supervision $(STUDY_TEXT) \
+	    --objectives bptt diffusion_blocks deep_supervision fixed_depth:depth=1 diffusion_blocks:unroll=2 $(STUDY_TEXT) \
 	    data.text.prepared=runs/prepared/tinystories-study train.max_steps=200 train.save_every=100
 
 study-lm1b: $(OPS) runs/prepared/lm1b-8k/manifest.json

@@ -40,6 +40,7 @@ SUBSTITUTIONS = [  # (pattern, replacement), applied in order to every command
     (r"^make (\S+).*", r"make -n \1"),
     (r"--seeds( \d+)+", "--seeds 0"),
     (r"--limit \d+", "--limit 2"),
+    (r" --flops \S+", ""),  # a study's budget would be thousands of tiny steps: take the recipe's
     (r"--num-steps 32\b", "--num-steps 4"),
     (r"(huginn-db compare .*)", r"\1 --limit 2 --judge-steps 2 --prompts 8 --per-prompt 1 --new-tokens 4"),
     (r"(huginn-db sample .*--judge .*)", r"\1 --prompts 8 --per-prompt 1 --new-tokens 4"),

@@ -89,15 +89,15 @@ study-lm1b: $(OPS) runs/prepared/lm1b-8k/manifest.json
 # one worker per core (pytest-xdist), each on one thread; TEST_WORKERS=0 runs in this process
 TEST_WORKERS ?= auto
 test: $(OPS)
-	$(RUN) -m pytest -q -n $(TEST_WORKERS) tests
+	$(RUN) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
 
 # line coverage of huginn_db over the whole suite, child processes included (pyproject.toml)
 coverage: $(OPS)
 	rm -f .coverage .coverage.*
-	$(RUN) -m pytest -q -n $(TEST_WORKERS) --cov --cov-report=term tests
+	$(RUN) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --cov --cov-report=term tests
 
 test-fast: $(OPS)
-	$(RUN) -m pytest -q -n $(TEST_WORKERS) -m "not slow" tests
+	$(RUN) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow" tests
 
 # ruff: lint (pyflakes, pycodestyle, import order) and the formatter's check; `make format` fixes
 lint: $(STAMP)

@@ -159,8 +159,9 @@ def spm_tok(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The long tests first (the README pages, then the other `slow` ones), so that parallel
-    workers do not end on one long test while the others wait."""
+    """The long tests first (the docs pages' commands, then the other `slow` ones), dealt round
+    the workers: xdist's worksteal hands each worker a contiguous share of this order and lets
+    an idle one take half of a busy one's queue, so no worker ends on a pile of long tests."""
 
     def rank(item):
         if item.nodeid.startswith("tests/test_readme.py::test_every_command"):
@@ -168,3 +169,6 @@ def pytest_collection_modifyitems(config, items):
         return 1 if "slow" in item.keywords else 2
 
     items.sort(key=rank)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        items[:] = [item for k in range(workers) for item in items[k::workers]]

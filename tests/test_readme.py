@@ -189,14 +189,15 @@ def checkout(tmp_path_factory, data_root):
         PATH=venv_bin + os.pathsep + env.get("PATH", ""),
     )
     stub_env = {**env, "PATH": str(stubs) + os.pathsep + env["PATH"]}
-    for cmd in first_commands() + list(EXTRA.values()):
+    for cmd in SET_UP + list(EXTRA.values()):
         line = cmd if cmd in EXTRA.values() else tiny(cmd, str(data_root))
         failed = run_line(line, repo, env, stub_env)
         assert failed is None, f"the set-up command {cmd} failed: {failed}"
     return repo, env, stub_env, tmp / "stubs.log"
 
 
-PAGES = {page: cmds for page, cmds in page_commands().items() if [c for c in cmds if c not in first_commands()]}
+SET_UP = first_commands()  # read from the pages once
+PAGES = {page: cmds for page, cmds in page_commands().items() if [c for c in cmds if c not in SET_UP]}
 
 
 @pytest.mark.parametrize("page", list(PAGES))
@@ -205,7 +206,7 @@ def test_every_command_of_the_page_runs(page, checkout, data_root):
     repo, env, stub_env, stub_log = checkout
     failed = []
     for cmd in PAGES[page]:
-        if cmd in first_commands():
+        if cmd in SET_UP:
             continue
         if (problem := run_line(tiny(cmd, str(data_root)), repo, env, stub_env)) is not None:
             failed.append(f"{cmd}\n{problem}")

@@ -431,9 +431,14 @@ def test_num_steps_sweep(runs, monkeypatch):
         "logits",
         lambda self, model, ids, num_steps=None, **kw: used.add(num_steps) or real(self, model, ids, num_steps, **kw),
     )
+    import torch.utils.collect_env as collect_env
+
+    gathered = []  # lm-eval's environment report (0.8 s): gathered once for all the depths
+    monkeypatch.setattr(collect_env, "get_pretty_env_info", lambda: gathered.append(1) or "env report")
     out = hl.evaluate(runs["bptt"], ["reasoning_chain_d1", "reasoning_chain_d2"], [1, 2], limit=2, **FAST)
     assert sorted(out) == [1, 2] and used == {1, 2}
     assert all(out[K]["results"]["reasoning_chain_d2"]["sample_len"] == 2 for K in out)
+    assert gathered == [1] and [out[K]["pretty_env_info"] for K in out] == ["env report"] * 2
 
 
 # --- the local standard tasks against stock lm-eval -------------------------------------------

@@ -4,6 +4,7 @@ plus the generated reasoning tasks), a run's own benchmark, `evaluate` at severa
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -148,6 +149,16 @@ def task_manager(tasks: list[str], data_root: str | Path | None = None, metadata
     return manager
 
 
+def _gather_environment_once() -> None:
+    """lm-eval adds torch's environment report to every simple_evaluate result, and gathering
+    it runs pip and the compilers (0.8 s a call, once per depth K and per in-training
+    evaluation); nothing in it changes inside one process, so it is gathered once."""
+    import torch.utils.collect_env as collect_env
+
+    if not hasattr(collect_env.get_pretty_env_info, "cache_info"):
+        collect_env.get_pretty_env_info = functools.cache(collect_env.get_pretty_env_info)
+
+
 def evaluate(
     checkpoint: str | Path,
     tasks: list[str],
@@ -172,6 +183,7 @@ def evaluate(
     check_data_files(tasks, data_root)  # before any work: every refusal comes first
     check_encodable(tasks, manager, checkpoint)
     lm = HuginnLM(str(checkpoint), **(model_args or {}))
+    _gather_environment_once()
     results = {}
     for K in num_steps_list:
         if K is not None:  # None: the depth the model was built with (the objective's default)

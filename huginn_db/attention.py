@@ -89,7 +89,6 @@ def select_attention_backend(requested: str, device: torch.device) -> str:
     return "sdpa"
 
 
-@torch.compiler.assume_constant_result  # torch.compile: a constant, not traced per call
 @functools.lru_cache(maxsize=None)
 def _cached_backend(requested: str, device_type: str) -> str:
     backend = select_attention_backend(requested, torch.device(device_type))

@@ -257,9 +257,9 @@ class RecurrentDepthLM(nn.Module):
         return s.to(e.device, e.dtype)
 
     def compile_core(self) -> None:
-        """torch.compile the core block for cache-free passes (training); decoding with a
-        KVCache keeps the eager block (its shapes change every token). Kept in a dict so the
-        compiled wrapper is not registered as a submodule (state_dict keys stay the same)."""
+        """torch.compile the core block for cache-free passes (training; decoding with a KVCache keeps the
+        eager one: its shapes change every token), held in a dict so state_dict keys stay the same."""
+        torch.compiler.assume_constant_result(_cached_backend)  # not at import: it loads torch._dynamo (1 s)
         self._compiled["core"] = torch.compile(self.core)
 
     def core_step(self, state, e, cond=None, cache: KVCache | None = None, prev=None) -> torch.Tensor:

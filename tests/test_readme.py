@@ -52,6 +52,10 @@ SUBSTITUTIONS = [  # (pattern, replacement), applied in order to every command
     (r"\bRUN\b", "runs/text-small/db"),
     (r" \[--quick\] \[--gpu\]", " --quick"),
     (r"\.\./shared/data", "{data}"),
+    # the checkout's .venv links to this venv, but a python started by that path has another
+    # sys.prefix, so DeepSpeed's JIT op (keyed by its source path) would rebuild (~30 s of both
+    # cores) there and again in the next process started by the venv's own path
+    (r"(^|&& )\.venv/bin/python\b", r"\1{python}"),
 ]
 FIRST = [  # README commands (by prefix) that produce what the others read, in this order
     "make demo",
@@ -114,7 +118,7 @@ def readme_commands() -> list[str]:
 
 def tiny(cmd: str, data: str) -> str:
     for pattern, repl in SUBSTITUTIONS:
-        cmd = re.sub(pattern, repl.replace("{data}", data), cmd)
+        cmd = re.sub(pattern, repl.replace("{data}", data).replace("{python}", sys.executable), cmd)
     if TRAINS.search(cmd):
         words = shlex.split(cmd)
         at = next((i for i, w in enumerate(words) if w.endswith(".yaml")), None)

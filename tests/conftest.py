@@ -11,6 +11,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
 
+# the venv's tools first for every process the tests start, as `make` does: torch builds DeepSpeed's
+# CPU op with the first `ninja` on PATH, and another ninja (the system's) would rebuild it (~1 min)
+os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs a worker per core: one thread each, for this process and the runs it
     # starts (two OpenMP teams on the same cores each run many times slower)
@@ -158,17 +162,29 @@ def spm_tok(tmp_path_factory):
     return SentencePieceTokenizer(train_sentencepiece([str(path)], 300, str(path.parent)))
 
 
+def _shares_a_module_fixture(item) -> bool:
+    """Whether the test uses a module-scoped fixture of its own module (a trained run, a judge;
+    not the autouse `_one_thread` helpers)."""
+    defs = getattr(item, "_fixtureinfo", None)
+    return defs is not None and any(
+        d.scope == "module" and not d.argname.startswith("_") and d.baseid == item.nodeid.split("::")[0]
+        for fixturedefs in defs.name2fixturedefs.values()
+        for d in fixturedefs
+    )
+
+
 def pytest_collection_modifyitems(config, items):
-    """The long tests first (the docs pages' commands, then the other `slow` ones), dealt round
-    the workers: xdist's worksteal hands each worker a contiguous share of this order and lets
-    an idle one take half of a busy one's queue, so no worker ends on a pile of long tests."""
-
-    def rank(item):
-        if item.nodeid.startswith("tests/test_readme.py::test_every_command"):
-            return 0
-        return 1 if "slow" in item.keywords else 2
-
-    items.sort(key=rank)
+    """The order `make test` hands out: xdist's worksteal gives each worker a contiguous share
+    of it (the first worker the first share) and lets an idle worker take the back half of a
+    busy one's queue. So the first share is the docs pages' commands (their checkout's set-up
+    is then made once) filled up with fast tests; the others open with the tests that share a
+    module-scoped fixture of their module, module by module (the fixture is made once: stealing
+    takes from the back), then the other `slow` tests, then the fast ones."""
+    docs = [i for i in items if i.nodeid.startswith("tests/test_readme.py::test_every_command")]
+    rest = [i for i in items if i not in docs]
+    shared = sorted((i for i in rest if _shares_a_module_fixture(i)), key=lambda i: "slow" not in i.keywords)
+    slow = [i for i in rest if "slow" in i.keywords and i not in shared]
+    fast = [i for i in rest if i not in shared and i not in slow]
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
-        items[:] = [item for k in range(workers) for item in items[k::workers]]
+    fill = max(0, len(items) // workers - len(docs)) if workers > 1 else 0
+    items[:] = docs + fast[:fill] + shared + slow + fast[fill:]

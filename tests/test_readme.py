@@ -144,6 +144,7 @@ def test_every_readme_command_is_found_and_ordered():
     assert readme[:2] == ["make demo", "make test"]  # the two set-up commands come first
     assert len((ROOT / "README.md").read_text().splitlines()) <= 250  # the rest lives in docs/
     assert tiny("make study", "/d") == "make -n study"
+    assert tiny(".venv/bin/python -m pytest", "/d") == f"{sys.executable} -m pytest"  # not the checkout's link
     t = tiny("huginn-db train recipes/demo-db.yaml train.max_steps=200 run_dir=runs/mine", "/d").split()
     assert t.index("train.max_steps=2") > t.index("train.max_steps=200")  # later override wins
     t = tiny("recipes/launch/single-node.sh recipes/paper-lm1b-db.yaml 8", "/d").split()

@@ -1,7 +1,9 @@
 """The report's depth benchmark section, from hand-made run directories (no training)."""
 
 import json
+import platform
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -95,6 +97,32 @@ def test_report_names_the_machines_and_the_commit(tmp_path):
     assert f"- {machine.label(here)}: 1 run(s)" in text and "9 thread(s) × 1 rank(s)" in text
     assert here["cpu"] in text and "rounding" in text and here["date"][:10] in text
     assert (here["commit"] or "not a git checkout")[:12] in text
+
+
+def test_machine_record_outside_a_checkout_without_proc_and_on_a_gpu(tmp_path, monkeypatch):
+    """An installed wheel has no commit, a machine without /proc/cpuinfo names its CPU by the
+    platform, a missing library is None, and a CUDA device is named by its GPU."""
+    import subprocess
+
+    import torch
+
+    from huginn_db import machine
+
+    monkeypatch.setattr(machine, "REPO", tmp_path)  # not a git checkout
+    assert machine.commit() is None
+
+    def no_git(*a, **k):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    assert machine.commit() is None
+    monkeypatch.setattr(machine, "Path", lambda p: tmp_path / "no-proc" / Path(p).name)
+    assert machine.cpu_model() == (platform.processor() or platform.machine() or "unknown CPU")
+    assert machine._version("no-such-distribution") is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA H100 80GB HBM3")
+    m = machine.describe(torch.device("cuda", 0), world=8, step=40)
+    assert m["gpu"] == "NVIDIA H100 80GB HBM3" and m["commit"] is None and (m["world"], m["from_step"]) == (8, 40)
+    assert machine.label(m).startswith("NVIDIA H100 80GB HBM3 (host CPU ")
 
 
 def test_benchmark_table_marks_tasks_whose_scores_are_not_stock(tmp_path):

@@ -180,11 +180,15 @@ def pytest_collection_modifyitems(config, items):
     is then made once) filled up with fast tests; the others open with the tests that share a
     module-scoped fixture of their module, module by module (the fixture is made once: stealing
     takes from the back), then the other `slow` tests, then the fast ones."""
-    docs = [i for i in items if i.nodeid.startswith("tests/test_readme.py::test_every_command")]
-    rest = [i for i in items if i not in docs]
-    shared = sorted((i for i in rest if _shares_a_module_fixture(i)), key=lambda i: "slow" not in i.keywords)
-    slow = [i for i in rest if "slow" in i.keywords and i not in shared]
-    fast = [i for i in rest if i not in shared and i not in slow]
+    docs, shared, slow, fast = [], [], [], []
+    for item in items:
+        if item.nodeid.startswith("tests/test_readme.py::test_every_command"):
+            docs.append(item)
+        elif _shares_a_module_fixture(item):
+            shared.append(item)
+        else:
+            (slow if "slow" in item.keywords else fast).append(item)
+    shared.sort(key=lambda i: "slow" not in i.keywords)
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     fill = max(0, len(items) // workers - len(docs)) if workers > 1 else 0
     items[:] = docs + fast[:fill] + shared + slow + fast[fill:]

@@ -185,14 +185,8 @@ def checkout(tmp_path_factory, data_root):
     for name, body in STUBS.items():
         (stubs / name).write_text(body)
         (stubs / name).chmod(0o755)
-    venv_bin = str(Path(sys.executable).parent)
-    env = clean_env()
-    env.update(
-        HUGINN_DB_DATA=str(data_root),
-        STUB_LOG=str(tmp / "stubs.log"),
-        OMP_NUM_THREADS="1",
-        PATH=venv_bin + os.pathsep + env.get("PATH", ""),
-    )
+    env = clean_env()  # the venv's bin is already first on PATH (tests/conftest.py)
+    env.update(HUGINN_DB_DATA=str(data_root), STUB_LOG=str(tmp / "stubs.log"), OMP_NUM_THREADS="1")
     stub_env = {**env, "PATH": str(stubs) + os.pathsep + env["PATH"]}
     for cmd in SET_UP + list(EXTRA.values()):
         line = cmd if cmd in EXTRA.values() else tiny(cmd, str(data_root))
